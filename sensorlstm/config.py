@@ -33,7 +33,9 @@ class ColumnsConfig(_Section):
     """How the columns of the source files map onto the long-format data contract."""
 
     recording_id: str = Field("recording_id", description="Column holding the recording id.")
-    timestamp: str = Field("timestamp", description="Column holding the timestamp.")
+    timestamp: str | None = Field(
+        "timestamp", description="Column holding the timestamp; None uses the row order."
+    )
     label: str | None = Field("label", description="Optional 0/1 anomaly label column.")
     channels: list[str] | None = Field(
         None, description="Channel columns; None means every numeric column not named above."
@@ -75,6 +77,16 @@ class DataConfig(_Section):
     parallelism: int = Field(4, ge=1, description="Files read concurrently.")
     task_runner: Literal["thread", "dask", "ray"] = "thread"
     cache: bool = Field(True, description="Skip ingest when inputs and config are unchanged.")
+    irregular_tolerance: float = Field(
+        0.01,
+        ge=0,
+        description="Relative deviation of a time step from the median that counts "
+        "as irregular sampling.",
+    )
+    dask_address: str | None = Field(
+        None, description="Scheduler of an existing Dask cluster; None starts a local one."
+    )
+    dask_workers: int = Field(2, ge=1, description="Workers of the local Dask cluster.")
 
 
 class SplitConfig(_Section):
@@ -221,6 +233,14 @@ class GenerateConfig(_Section):
     min_length: int = Field(30, ge=2)
     max_length: int = Field(4000, ge=2)
     anomaly_rate: float = Field(0.5, ge=0, le=1, description="Share of recordings with anomalies.")
+    anomaly_kinds: list[Literal["spike", "level_shift", "drift", "stuck", "noise_burst"]] = Field(
+        default_factory=lambda: ["spike", "level_shift", "drift", "stuck", "noise_burst"],
+        min_length=1,
+        description="Kinds of anomaly injected, drawn uniformly per event.",
+    )
+    max_events: int = Field(3, ge=1, description="Anomalous events per anomalous recording, 1..N.")
+    machines: int = Field(6, ge=1, description="Machine types, each with its own oscillations.")
+    noise: float = Field(0.1, ge=0, description="Sensor noise std relative to signal amplitude.")
     seed: int = 0
 
 
@@ -313,7 +333,9 @@ def load_config(
             raise FileNotFoundError(f"config file {path} does not exist")
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
-            raise ValueError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
+            raise ValueError(
+                f"config file {path} must hold a mapping, got {type(loaded).__name__}"
+            )
         tree = _deep_merge(tree, loaded)
     if isinstance(overrides, Mapping):
         tree = _deep_merge(tree, overrides)

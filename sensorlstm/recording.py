@@ -126,7 +126,10 @@ class RecordingSet:
         end = np.maximum(end, begin)
         new_lengths = end - begin
         rows = np.concatenate(
-            [np.arange(o + b, o + e) for o, b, e in zip(self.offsets[:-1], begin, end, strict=True)]
+            [
+                np.arange(o + b, o + e)
+                for o, b, e in zip(self.offsets[:-1], begin, end, strict=True)
+            ]
             or [np.zeros(0, dtype=np.int64)]
         ).astype(np.int64)
         return RecordingSet(
@@ -158,7 +161,8 @@ class RecordingSet:
             "recording_id": pa.array(self.ids, type=pa.string()),
             "source": pa.array(self.sources, type=pa.string()),
             "values": list_type.from_arrays(
-                offsets, pa.FixedSizeListArray.from_arrays(self.values.reshape(-1), self.n_channels)
+                offsets,
+                pa.FixedSizeListArray.from_arrays(self.values.reshape(-1), self.n_channels),
             ),
         }
         if self.labels is not None:
@@ -215,7 +219,9 @@ class RecordingSet:
     ) -> RecordingSet:
         """Build a set from a list of ``(length, C)`` arrays (tests, synthetic data)."""
         n_channels = recordings[0].shape[1] if recordings else len(channels or [])
-        channels = list(channels) if channels is not None else [f"ch{i}" for i in range(n_channels)]
+        channels = (
+            list(channels) if channels is not None else [f"ch{i}" for i in range(n_channels)]
+        )
         lengths = [len(r) for r in recordings]
         values = (
             np.concatenate(recordings).astype(np.float32)
