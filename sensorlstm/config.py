@@ -130,6 +130,13 @@ class BucketConfig(_Section):
     shuffle: bool = True
     drop_last: bool = False
     pad_to_multiple_of: int | None = Field(None, ge=1)
+    target_overlap: float = Field(
+        0.12,
+        ge=0.0,
+        le=1.0,
+        description="Efficiency/randomness knob: expected share of a recording's batch-mates "
+        "that are its batch-mates again next epoch (0 shuffles within buckets, 1 sorts).",
+    )
 
 
 class ModelConfig(_Section):

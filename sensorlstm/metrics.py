@@ -204,12 +204,12 @@ def precision_recall_curve(
     """
     y_true = np.asarray(y_true).astype(bool).ravel()
     scores = np.asarray(scores, dtype=np.float64).ravel()
+    if scores.size == 0:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
     order = np.argsort(-scores, kind="stable")
     sorted_scores, sorted_true = scores[order], y_true[order]
     # Last index of each run of equal scores: the operating points.
     last = np.r_[np.flatnonzero(np.diff(sorted_scores)), sorted_scores.size - 1]
-    if sorted_scores.size == 0:
-        return np.zeros(0), np.zeros(0), np.zeros(0)
     tps = np.cumsum(sorted_true)[last]
     flagged = last + 1
     n_pos = int(y_true.sum())
