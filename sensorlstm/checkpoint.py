@@ -155,7 +155,10 @@ def load_pretrained(
             tensor, both shapes and the fix), or the checkpoint has no LSTM weights at all.
     """
     origin = str(source) if isinstance(source, str | Path) else "the given state dict"
-    state = read_state_dict(source) if isinstance(source, str | Path) else _as_tensor_dict(source, origin)
+    if isinstance(source, str | Path):
+        state = read_state_dict(source)
+    else:
+        state = _as_tensor_dict(source, origin)
     mapped = map_keys(state, key_map)
     own = model.state_dict()
     if not any(name.startswith(REQUIRED_PREFIXES) for name in mapped):

@@ -125,13 +125,18 @@ class BucketConfig(_Section):
     max_timesteps: int | None = Field(
         None, ge=1, description="Padded timesteps per batch (budget mode; overrides batch_size)."
     )
-    num_buckets: int = Field(8, ge=1, description="Length buckets, from length quantiles.")
+    num_buckets: int = Field(
+        1,
+        ge=1,
+        description="Length buckets, from length quantiles; jitter never crosses a bucket wall, "
+        "so 1 (one jittered sort) gives the best efficiency at equal randomness.",
+    )
     boundaries: list[int] | None = Field(None, description="Explicit bucket boundaries.")
     shuffle: bool = True
     drop_last: bool = False
     pad_to_multiple_of: int | None = Field(None, ge=1)
     target_overlap: float = Field(
-        0.12,
+        0.14,
         ge=0.0,
         le=1.0,
         description="Efficiency/randomness knob: expected share of a recording's batch-mates "
@@ -215,6 +220,17 @@ class EvaluateConfig(_Section):
     )
     greater_is_better: bool = True
     min_improvement: float = Field(0.0, ge=0)
+    error_scale: bool = Field(
+        True,
+        description="Divide each channel's squared error by its typical (validation) error, "
+        "so noisy channels do not dominate the score.",
+    )
+    bucket_edges: list[int] = Field(
+        default_factory=lambda: [0, 100, 300, 1000, 3000],
+        min_length=1,
+        description="Recording-length bucket edges for per-bucket metrics (last is open-ended).",
+    )
+    batch_size: int = Field(32, ge=1, description="Recordings per scoring batch.")
 
 
 class TrackingConfig(_Section):

@@ -77,7 +77,9 @@ def masked_loss(
     elif kind == "mae":
         elementwise = (real_prediction - real_target).abs()
     elif kind == "huber":
-        elementwise = F.huber_loss(real_prediction, real_target, reduction="none", delta=huber_delta)
+        elementwise = F.huber_loss(
+            real_prediction, real_target, reduction="none", delta=huber_delta
+        )
     else:
         raise ValueError(f"loss kind must be 'mse', 'mae' or 'huber', got {kind!r}")
 

@@ -199,7 +199,9 @@ def _read_parquet(fs: fsspec.AbstractFileSystem, fpath: str, cfg: DataConfig) ->
         schema = pq.read_schema(handle)
         columns = _projection(schema.names, cfg)
         id_col = cfg.columns.recording_id
-        dictionary = [id_col] if id_col in schema.names and _is_string(schema.field(id_col)) else []
+        dictionary = (
+            [id_col] if id_col in schema.names and _is_string(schema.field(id_col)) else []
+        )
         parquet = pq.ParquetFile(handle, read_dictionary=dictionary, memory_map=local)
         return parquet.read(columns=columns, use_threads=True)
     finally:
@@ -498,13 +500,14 @@ def _timestamp_seconds(column: pa.ChunkedArray, cfg: DataConfig) -> np.ndarray:
         t = column.type
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         if cfg.timestamp_format is not None:
-            column = pc.strptime(column, format=cfg.timestamp_format, unit="ns", error_is_null=True)
+            column = pc.strptime(
+                column, format=cfg.timestamp_format, unit="ns", error_is_null=True
+            )
         else:
             try:
                 column = pc.cast(column, pa.timestamp("ns"))
             except pa.ArrowInvalid:
-                seconds, _, _ = _to_float64(column)  # numbers stored as text, or garbage -> NaN
-                return seconds
+                return _parse_text_timestamps(column)
         t = column.type
     if pa.types.is_timestamp(t):
         if t.tz is not None:
@@ -519,3 +522,14 @@ def _timestamp_seconds(column: pa.ChunkedArray, cfg: DataConfig) -> np.ndarray:
         return ns.to_numpy(zero_copy_only=False).astype(np.float64) / 1e9
     values, _, _ = _to_float64(column)
     return values
+
+
+def _parse_text_timestamps(column: pa.ChunkedArray) -> np.ndarray:
+    """Slow path for text timestamps pyarrow cannot cast: dates, else numbers; NaN if neither."""
+    text = column.to_pandas().astype("string")
+    parsed = pd.to_datetime(text, errors="coerce", format="mixed")
+    if parsed.notna().any():
+        ns = parsed.to_numpy(dtype="datetime64[ns]").astype(np.int64).astype(np.float64)
+        return np.where(parsed.isna().to_numpy(), np.nan, ns / 1e9)
+    seconds, _, _ = _to_float64(column)
+    return seconds

@@ -12,10 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 import mlflow
 import numpy as np
 from prefect import get_run_logger, task
@@ -45,6 +41,7 @@ HEADLINE = (
     "test/roc_auc",
     "test/average_precision",
     "test/pa_f1",
+    "test/recording_f1",
     "val/loss",
 )
 
@@ -76,12 +73,26 @@ def _labels(recordings: RecordingSet) -> list[np.ndarray | None]:
     return [recordings.recording_labels(i) for i in range(len(recordings))]
 
 
-def bucket_edges(lengths: np.ndarray, buckets: int = 3) -> list[float]:
-    """Length-bucket edges from quantiles of the training lengths (short / medium / long)."""
-    if len(lengths) == 0:
-        return [0.0]
-    inner = np.unique(np.quantile(lengths, np.linspace(0, 1, buckets + 1)[1:-1]).round())
-    return [0.0, *[float(e) for e in inner]]
+def _threshold(scores: list[np.ndarray], labels: list[np.ndarray | None], config: Config) -> float:
+    """The alarm threshold from held-out scores; ``max_f1`` falls back to the label-free rule.
+
+    A fleet whose validation recordings carry no anomaly labels cannot use ``max_f1``; rather
+    than fail the nightly run, the quantile rule is used and the switch is logged.
+    """
+    evaluate = config.evaluate
+    method = evaluate.threshold
+    has_anomalies = any(lab is not None and lab.any() for lab in labels)
+    if method == "max_f1" and not has_anomalies:
+        logger.warning("No labelled anomalies in the validation split: quantile threshold used")
+        method = "quantile"
+    return fit_threshold(
+        scores,
+        method,
+        quantile=evaluate.quantile,
+        scale=evaluate.threshold_scale,
+        labels=labels,
+        value=evaluate.threshold_value,
+    )
 
 
 @task(name="evaluate-candidate")
@@ -102,23 +113,18 @@ def evaluate_candidate(
         run_logger.warning("Validation split is empty: threshold fitted on training scores")
 
     # -- threshold from held-out scores -------------------------------------------------------
-    error_scale = fit_error_scale(
-        model, holdout, input_channels=inputs, target_channels=targets,
-        max_length=config.train.max_length,
-    )
+    scoring = {
+        "input_channels": inputs,
+        "target_channels": targets,
+        "max_length": config.train.max_length,
+        "batch_size": evaluate.batch_size,
+    }
+    error_scale = fit_error_scale(model, holdout, **scoring) if evaluate.error_scale else None
     val_scores = score_recordings(
-        model, holdout, input_channels=inputs, target_channels=targets,
-        max_length=config.train.max_length, smoothing=evaluate.smoothing, error_scale=error_scale,
+        model, holdout, smoothing=evaluate.smoothing, error_scale=error_scale, **scoring
     )
     val_labels = _labels(holdout)
-    threshold = fit_threshold(
-        val_scores,
-        evaluate.threshold,
-        quantile=evaluate.quantile,
-        scale=evaluate.threshold_scale,
-        labels=val_labels,
-        value=evaluate.threshold_value,
-    )
+    threshold = _threshold(val_scores, val_labels, config)
 
     # -- the bundle: what serving and the next champion comparison load -----------------------
     bundle = Bundle(
@@ -128,7 +134,7 @@ def evaluate_candidate(
         target_channels=prepared.target_channels,
         threshold=threshold,
         smoothing=evaluate.smoothing,
-        error_scale=[float(x) for x in np.atleast_1d(error_scale)],
+        error_scale=None if error_scale is None else [float(x) for x in error_scale],
         max_length=config.train.max_length,
         config=config.model_dump(mode="json"),
     )
@@ -137,9 +143,8 @@ def evaluate_candidate(
     # -- test metrics, overall and per length bucket ------------------------------------------
     test_scores = bundle.score(prepared.raw_test)
     test_labels = _labels(prepared.raw_test)
-    edges = bucket_edges(prepared.train.lengths)
     metrics = evaluate_scores(
-        test_scores, test_labels, threshold, bucket_edges=edges, prefix="test/"
+        test_scores, test_labels, threshold, bucket_edges=evaluate.bucket_edges, prefix="test/"
     )
     metrics |= evaluate_scores(val_scores, val_labels, threshold, prefix="val/")
     metrics["threshold"] = threshold
@@ -195,8 +200,6 @@ def _log_plots(
     metrics: dict[str, float],
 ) -> None:
     """Loss curves, score timeline, score histogram, PR curve, per-bucket F1 into MLflow."""
-    import matplotlib.pyplot as plt
-
     figures: dict[str, Any] = {"loss_curves.png": plots.plot_loss_curves(training.history)}
     labelled = [i for i, lab in enumerate(labels) if lab is not None and lab.any()]
     if len(scores):
@@ -205,17 +208,13 @@ def _log_plots(
             scores[shown], threshold, labels=labels[shown], title=recordings.ids[shown]
         )
     if labelled:
-        flat_scores = np.concatenate([scores[i] for i in labelled])
-        flat_labels = np.concatenate([labels[i] for i in labelled])
-        figures["score_histogram.png"] = plots.plot_score_histogram(
-            flat_scores, flat_labels, threshold
+        figures["score_histogram.png"] = plots.plot_score_histogram(scores, labels, threshold)
+        figures["precision_recall.png"] = plots.plot_precision_recall(
+            scores, labels, threshold=threshold
         )
-        figures["precision_recall.png"] = plots.plot_precision_recall(flat_scores, flat_labels)
         figures["bucket_f1.png"] = plots.plot_bucket_f1(metrics, prefix="test/")
     for name, figure in figures.items():
-        if figure is not None:
-            mlflow.log_figure(figure, f"plots/{name}")
-            plt.close(figure)
+        mlflow.log_figure(figure, f"plots/{name}")
 
 
 def _markdown_summary(metrics: dict[str, float], threshold: float, config: Config) -> None:

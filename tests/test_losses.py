@@ -18,6 +18,15 @@ N_IN, N_OUT = 3, 2
 lengths_strategy = st.lists(st.integers(1, 12), min_size=1, max_size=5)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Two cores shared by several jobs: intra-op threads spin and run ~30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _recordings(lengths: list[int], seed: int) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return [torch.randn(length + 1, N_IN, generator=generator) for length in lengths]

@@ -194,3 +194,44 @@ def test_point_adjusted_f1_is_at_least_the_step_f1() -> None:
 def test_evaluate_scores_rejects_mismatched_labels() -> None:
     with pytest.raises(ValueError, match="recording 0: 3 scores but 4 labels"):
         evaluate_scores([np.zeros(3)], [np.zeros(4)], threshold=1.0)
+
+
+# -- figures (sensorlstm.plots draws these metrics; smoke tests that each writes a PNG) ---------
+
+
+def _figure_inputs():
+    rng = np.random.default_rng(2)
+    scores = [rng.gamma(2.0, size=n) for n in (40, 300, 1500)]
+    labels = [np.zeros(n, np.int8) for n in (40, 300, 1500)]
+    labels[1][100:130] = 1
+    scores[1][100:130] += 6.0
+    labels[2] = None
+    return scores, labels
+
+
+def _figures():
+    from sensorlstm import plots
+
+    scores, labels = _figure_inputs()
+    metrics = evaluate_scores(scores, labels, threshold=5.0)
+    history = [{"epoch": e, "train/loss": 1 / e, "val/loss": 1.2 / e} for e in range(1, 5)]
+    return {
+        "loss": lambda: plots.plot_loss_curves(history),
+        "timeline": lambda: plots.plot_score_timeline(scores[1], 5.0, labels=labels[1]),
+        "histogram": lambda: plots.plot_score_histogram(scores, labels, 5.0),
+        "pr": lambda: plots.plot_precision_recall(scores, labels, threshold=5.0),
+        "lengths": lambda: plots.plot_length_histogram([len(s) for s in scores]),
+        "bucket_f1": lambda: plots.plot_bucket_f1(metrics),
+        "empty_pr": lambda: plots.plot_precision_recall(scores[2:], labels[2:]),
+        "empty_buckets": lambda: plots.plot_bucket_f1({}),
+        "empty_history": lambda: plots.plot_loss_curves([]),
+    }
+
+
+@pytest.mark.parametrize("name", list(_figures()))
+def test_each_plot_writes_a_non_empty_png(tmp_path, name: str) -> None:
+    from sensorlstm.plots import save_figure
+
+    path = save_figure(_figures()[name](), tmp_path / "nested" / f"{name}.png")
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG") and len(data) > 2_000

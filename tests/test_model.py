@@ -15,6 +15,15 @@ from sensorlstm.heads import make_pool
 from sensorlstm.model import LSTMForecaster, lengths_to_mask
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Two cores shared by several jobs: intra-op threads spin and run ~30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _batch(lengths: list[int], channels: int, pad_value: float = 0.0, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     rows = [torch.randn(n, channels, generator=generator) for n in lengths]
