@@ -195,6 +195,33 @@ def load_pretrained(
     return report
 
 
+def infer_lstm_shape(
+    state: Mapping[str, Tensor], key_map: Mapping[str, str] | None = None
+) -> dict:
+    """``{"base_inputs", "hidden_size", "num_layers"}`` of the LSTM in a state dict.
+
+    Lets a caller build a model that fits pre-trained weights it only has as a file.
+
+    Raises:
+        ValueError: the state dict has no ``lstm.weight_ih_l0`` (after key mapping).
+    """
+    mapped = map_keys(state, key_map)
+    if "lstm.weight_ih_l0" not in mapped:
+        raise ValueError(
+            f"no LSTM input weights (lstm.weight_ih_l0) among keys {sorted(state)[:6]}...; "
+            "pass key_map={'<prefix>.': 'lstm.'}"
+        )
+    first = mapped["lstm.weight_ih_l0"][1]
+    layers = sum(
+        1 for name in mapped if name.startswith("lstm.weight_ih_l") and "reverse" not in name
+    )
+    return {
+        "base_inputs": int(first.shape[1]),
+        "hidden_size": int(first.shape[0] // 4),
+        "num_layers": layers,
+    }
+
+
 def _shape_error(name: str, original: str, tensor: Tensor, target: Tensor, origin: str) -> str:
     message = (
         f"pre-trained tensor {original!r} from {origin} has shape {tuple(tensor.shape)} but the "

@@ -190,6 +190,9 @@ class TrainConfig(_Section):
     num_workers: int = Field(0, ge=0)
     seed: int = 0
     log_every_steps: int = Field(10, ge=1)
+    nproc_per_node: int = Field(
+        1, ge=1, description="Processes (one per GPU) for torchrun DDP; 1 trains in-process."
+    )
 
 
 class PretrainConfig(_Section):

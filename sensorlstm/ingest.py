@@ -28,7 +28,7 @@ import pandas as pd
 
 from sensorlstm.config import DataConfig
 from sensorlstm.quarantine import QUARANTINE_FILE, IngestError, Issue, quarantine_frame
-from sensorlstm.recording import RecordingSet
+from sensorlstm.recording import RECORDINGS_FILE, RecordingSet
 from sensorlstm.report import REPORT_FILE, build_report
 from sensorlstm.sources import SourcePart, list_sources, read_source
 from sensorlstm.validate import (
@@ -97,7 +97,9 @@ class IngestResult:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / REPORT_FILE).unlink(missing_ok=True)  # incomplete until rewritten below
-        self.recordings.save(out_dir)
+        (out_dir / RECORDINGS_FILE).unlink(missing_ok=True)
+        if self.recordings.n_channels:  # nothing readable at all: no channel layout to store
+            self.recordings.save(out_dir)
         self.quarantine.to_parquet(out_dir / QUARANTINE_FILE, index=False)
         (out_dir / REPORT_FILE).write_text(json.dumps(self.report, indent=2))
         return out_dir
@@ -129,7 +131,11 @@ def load_ingested(out_dir: str | Path) -> IngestResult:
         )
     report = json.loads(report_path.read_text())
     return IngestResult(
-        recordings=RecordingSet.load(out_dir),
+        recordings=RecordingSet.load(out_dir)
+        if (out_dir / RECORDINGS_FILE).exists()
+        else RecordingSet(
+            ids=[], offsets=np.zeros(1, np.int64), values=np.zeros((0, 0), np.float32), channels=[]
+        ),
         quarantine=pd.read_parquet(out_dir / QUARANTINE_FILE),
         report=report,
         fingerprint=report.get("fingerprint", ""),

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from sensorlstm.config import DataConfig
 from sensorlstm.quarantine import Issue
@@ -193,7 +194,7 @@ def _failed(path: str, reason: str, detail: str, rows: int = 0) -> SourcePart:
 
 
 def _read_parquet(fs: fsspec.AbstractFileSystem, fpath: str, cfg: DataConfig) -> pa.Table:
-    local = fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol
+    local = isinstance(fs, LocalFileSystem)
     handle = fpath if local else fs.open(fpath, "rb")
     try:
         schema = pq.read_schema(handle)
@@ -347,6 +348,8 @@ def table_to_part(table: pa.Table, path: str, cfg: DataConfig) -> SourcePart:
     flags: list[Issue] = []
     values = np.empty((len(codes), len(channels)), dtype=np.float32)
     for j, name in enumerate(channels):
+        if rows is None and _fill_numeric(values[:, j], table.column(name)):
+            continue  # the common case: a numeric column in file order, copied chunk by chunk
         column, bad, example = _to_float64(table.column(name))
         values[:, j] = column if rows is None else column[rows]
         if bad is not None:
@@ -465,6 +468,19 @@ def _recordings_with(mask: np.ndarray, offsets: np.ndarray) -> list[int]:
     if len(rows) == 0:
         return []
     return np.unique(np.searchsorted(offsets, rows, side="right") - 1).tolist()
+
+
+def _fill_numeric(target: np.ndarray, column: pa.ChunkedArray) -> bool:
+    """Copy a plain numeric column into ``target`` chunk by chunk; False if it is not one."""
+    t = column.type
+    if not (pa.types.is_floating(t) or pa.types.is_integer(t)):
+        return False
+    start = 0
+    for chunk in column.chunks:
+        n = len(chunk)
+        target[start : start + n] = pc.cast(chunk, pa.float64()).to_numpy(zero_copy_only=False)
+        start += n
+    return True
 
 
 def _to_float64(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray | None, str | None]:

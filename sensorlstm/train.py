@@ -81,7 +81,8 @@ class TrainResult:
         best_val_loss: its validation loss.
         stopped_early: early stopping ended the run before ``train.epochs``.
         steps: optimizer steps taken (all epochs, including before a resume).
-        resumed_from_epoch: the last completed epoch found in the checkpoint, or None.
+        resumed_from_epoch: the epoch a resumed run started at (after the checkpoint's), or
+            None for a fresh run.
     """
 
     history: list[dict[str, float]] = field(default_factory=list)

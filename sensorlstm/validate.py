@@ -167,7 +167,12 @@ def check_timestamps(fleet: Fleet, cfg: DataConfig, column: str | None) -> None:
 
 def check_finite(fleet: Fleet, cfg: DataConfig) -> None:
     """NaN and inf: interpolate short gaps, quarantine or fail, per ``cfg.nan_policy``."""
-    finite_rows = np.isfinite(fleet.values).all(axis=1)
+    if len(fleet.values) == 0:
+        return
+    # One BLAS pass: a row sum is non-finite iff the row holds NaN/inf (or overflows, which
+    # the per-column check below then finds harmless).
+    row_sums = fleet.values @ np.ones(fleet.values.shape[1], fleet.values.dtype)
+    finite_rows = np.isfinite(row_sums)
     if finite_rows.all():
         return
     for i in _recordings_of(~finite_rows, fleet.offsets):
@@ -276,10 +281,13 @@ def check_sampling(recordings: RecordingSet, cfg: DataConfig) -> tuple[Recording
         return recordings, []
     warnings: list[Issue] = []
     step = None if cfg.resample is None else pd.Timedelta(cfg.resample).total_seconds()
-    pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+    pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray | None] | None] = []
     changed = False
+    suspects = _maybe_irregular(recordings, cfg.irregular_tolerance)
     for i in range(len(recordings)):
         lo, hi = recordings.offsets[i], recordings.offsets[i + 1]
+        if step is None and not suspects[i]:
+            continue  # regular, and nothing to resample: the common case costs no Python
         dt = np.diff(t[lo:hi])
         median = float(np.median(dt)) if len(dt) else 0.0
         irregular = len(dt) > 0 and (
@@ -313,9 +321,15 @@ def check_sampling(recordings: RecordingSet, cfg: DataConfig) -> tuple[Recording
                 )
             )
         else:
-            pieces.append((t[lo:hi], recordings.values[lo:hi], labels))
+            pieces.append(None)
     if not changed:
         return recordings, warnings
+    pieces = [
+        (t[lo:hi], recordings.values[lo:hi], recordings.recording_labels(i)) if p is None else p
+        for i, (lo, hi, p) in enumerate(
+            zip(recordings.offsets[:-1], recordings.offsets[1:], pieces, strict=True)
+        )
+    ]
     lengths = [len(p[0]) for p in pieces]
     resampled = RecordingSet(
         ids=list(recordings.ids),
@@ -327,6 +341,23 @@ def check_sampling(recordings: RecordingSet, cfg: DataConfig) -> tuple[Recording
         sources=list(recordings.sources),
     )
     return resampled, warnings
+
+
+def _maybe_irregular(recordings: RecordingSet, tolerance: float) -> np.ndarray:
+    """Recordings whose step range exceeds the tolerance (vectorised; checked exactly later)."""
+    lengths = recordings.lengths
+    if recordings.n_rows == 0 or (lengths == 0).any():
+        return np.ones(len(recordings), bool)
+    # Steps padded to one per row; the step that crosses into the next recording is NaN, which
+    # fmax/fmin skip, so each recording's segment holds exactly its own steps.
+    steps = np.empty(recordings.n_rows)
+    steps[:-1] = np.diff(recordings.timestamps)
+    steps[recordings.offsets[1:] - 1] = np.nan
+    starts = recordings.offsets[:-1]
+    with np.errstate(invalid="ignore"):
+        high = np.fmax.reduceat(steps, starts)
+        low = np.fmin.reduceat(steps, starts)
+        return (low <= 0) | (high - low > tolerance * np.abs(low))
 
 
 def _resample(

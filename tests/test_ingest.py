@@ -318,3 +318,15 @@ def test_skab_ingests_all_files_with_nothing_quarantined(skab_dir: Path) -> None
     assert {"valve1/0", "valve2/0", "other/1"} <= set(result.recordings.ids)
     assert result.recordings.labels is not None
     _accounting_holds(report)
+
+
+def test_a_source_with_no_readable_file_still_writes_its_quarantine(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "junk.parquet").write_bytes(b"junk")
+
+    summary = ingest_dataset(DataConfig(path=str(tmp_path / "in")), tmp_path / "out")
+    loaded = load_ingested(tmp_path / "out")
+
+    assert summary["reasons"] == {"unreadable_file": 1} and summary["recordings_used"] == 0
+    assert len(loaded.recordings) == 0
+    assert list(loaded.quarantine["source"]) == [str(tmp_path / "in" / "junk.parquet")]
