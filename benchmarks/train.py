@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sensorlstm.bucketing import LengthBucketSampler
 from sensorlstm.collate import Batch, ForecastCollator, RecordingDataset
+from sensorlstm.config import BucketConfig
 from sensorlstm.device import (
     peak_memory_bytes,
     reset_peak_memory,
@@ -60,7 +61,9 @@ def batches_for(recordings: RecordingSet, bucketed: bool, batch_size: int, seed:
     """Index lists of one epoch: length-bucketed, or a plain shuffle cut into batches."""
     pairs = recordings.lengths - 1
     if bucketed:
-        sampler = LengthBucketSampler(pairs, batch_size=batch_size, num_buckets=8, seed=seed)
+        # The project's bucketing settings (configs/default.yaml: one bucket, noise sort).
+        cfg = BucketConfig(batch_size=batch_size, num_buckets=1)
+        sampler = LengthBucketSampler.from_config(pairs, cfg, seed=seed)
         return list(sampler)
     order = np.random.default_rng(seed).permutation(len(recordings))
     return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
@@ -176,11 +179,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="Small fleet, one repeat.")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1).")
-    parser.add_argument("--recordings", type=int, default=256)
+    parser.add_argument("--recordings", type=int, default=1024)
     parser.add_argument("--channels", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--median-length", type=int, default=200)
+    parser.add_argument("--median-length", type=int, default=100)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()

@@ -40,6 +40,7 @@ from sensorlstm.validate import (
     check_sampling,
     check_timestamps,
     gather_rows,
+    recording_ranges,
 )
 
 logger = logging.getLogger(__name__)
@@ -234,12 +235,14 @@ def combine(
     rows_used = recordings.n_rows
     recordings, sampling = check_sampling(recordings, cfg)
     quarantined = issues + fleet.issues + rejected
-    warnings = warnings + fleet.warnings + sampling + check_constant(recordings)
+    ranges = recording_ranges(recordings)
+    warnings = warnings + fleet.warnings + sampling + check_constant(recordings, ranges)
 
     report = build_report(
         recordings,
         quarantined,
         warnings,
+        ranges=ranges,
         rows_in=rows_in,
         rows_used=rows_used,
         files_in=len(parts),

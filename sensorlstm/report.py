@@ -30,6 +30,7 @@ def build_report(
     rows_used: int,
     files_in: int,
     fingerprint: str,
+    ranges: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Counts by reason, length histogram and per-channel statistics.
 
@@ -41,6 +42,7 @@ def build_report(
         rows_used: source rows of the kept recordings (before any resampling).
         files_in: number of source files.
         fingerprint: the ingest fingerprint (inputs + config).
+        ranges: per-recording channel minima and maxima, when already computed.
 
     Returns:
         The report. ``recordings_quarantined`` counts quarantined recordings plus whole files
@@ -78,7 +80,7 @@ def build_report(
         "channels": list(recordings.channels),
         "lengths": _length_summary(lengths),
         "length_histogram": length_histogram(lengths),
-        "channel_stats": channel_stats(recordings, warnings),
+        "channel_stats": channel_stats(recordings, warnings, ranges),
         "label_rate": None
         if recordings.labels is None or recordings.n_rows == 0
         else float(recordings.labels.mean()),
@@ -109,7 +111,11 @@ def length_histogram(lengths: np.ndarray, bins: int = 20) -> dict[str, list]:
     return {"edges": edges.tolist(), "counts": counts.tolist()}
 
 
-def channel_stats(recordings: RecordingSet, warnings: Sequence[Issue]) -> dict[str, dict]:
+def channel_stats(
+    recordings: RecordingSet,
+    warnings: Sequence[Issue],
+    ranges: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, dict]:
     """Mean, std, min and max per channel over all used rows, and constant-recording counts.
 
     Sums are accumulated in float64 block by block, so no float64 copy of the values is made;
@@ -127,8 +133,11 @@ def channel_stats(recordings: RecordingSet, warnings: Sequence[Issue]) -> dict[s
         block = values[start : start + _STATS_BLOCK]
         total += block.sum(axis=0, dtype=np.float64)
         squares += np.einsum("ij,ij->j", block, block, dtype=np.float64)
-        low = np.minimum(low, block.min(axis=0))
-        high = np.maximum(high, block.max(axis=0))
+        if ranges is None or len(ranges[0]) == 0:
+            low = np.minimum(low, block.min(axis=0))
+            high = np.maximum(high, block.max(axis=0))
+    if ranges is not None and len(ranges[0]):
+        low, high = ranges[0].min(axis=0), ranges[1].max(axis=0)
     stats: dict[str, dict] = {}
     for j, name in enumerate(recordings.channels):
         mean = total[j] / n if n else None

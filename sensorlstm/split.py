@@ -89,8 +89,9 @@ def _stratified_indices(
             groups.append(np.zeros(0, np.int64))
             continue
         m = len(remaining)
-        positions = np.floor((np.arange(k) + rng.random(k)) * m / k).astype(np.int64)
-        positions = np.minimum(positions, m - 1)
+        # Integer strata [edges[i], edges[i+1]), one pick in each: distinct positions.
+        edges = (np.arange(k + 1) * m) // k
+        positions = edges[:-1] + np.floor(rng.random(k) * np.diff(edges)).astype(np.int64)
         groups.append(np.sort(remaining[positions]))
         remaining = np.delete(remaining, positions)
     groups.append(np.sort(remaining))

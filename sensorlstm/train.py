@@ -22,6 +22,11 @@ matrices only. Early stopping on the validation loss restores the best epoch's w
 Every epoch a checkpoint (model, optimizer, schedule, sampler position, RNG states, history,
 best weights) is written to ``checkpoint_dir``; a call that finds one there resumes after its
 epoch, which is how a retried Prefect task continues a killed run.
+
+Known shortcomings: a run resumes at an epoch boundary, so a kill mid-epoch repeats that epoch's
+steps; under DDP the checkpoint holds rank 0's RNG states only, so after a resume the other
+ranks' dropout streams differ from an uninterrupted run; and every rank evaluates the whole
+validation set (identical results, duplicated work) instead of a shard.
 """
 
 from __future__ import annotations

@@ -251,13 +251,24 @@ def check_length(fleet: Fleet, cfg: DataConfig) -> None:
         )
 
 
-def check_constant(recordings: RecordingSet) -> list[Issue]:
-    """Warnings for channels that do not vary within a recording (kept, but worth knowing)."""
-    if len(recordings) == 0 or recordings.n_rows == 0:
-        return []
+def recording_ranges(recordings: RecordingSet) -> tuple[np.ndarray, np.ndarray]:
+    """Per recording and channel minimum and maximum, each ``(n, C)``."""
+    if len(recordings) == 0 or recordings.n_rows == 0 or (recordings.lengths == 0).any():
+        empty = np.zeros((0, recordings.n_channels), np.float32)
+        return empty, empty
     starts = recordings.offsets[:-1]
-    high = np.maximum.reduceat(recordings.values, starts, axis=0)
     low = np.minimum.reduceat(recordings.values, starts, axis=0)
+    high = np.maximum.reduceat(recordings.values, starts, axis=0)
+    return low, high
+
+
+def check_constant(
+    recordings: RecordingSet, ranges: tuple[np.ndarray, np.ndarray] | None = None
+) -> list[Issue]:
+    """Warnings for channels that do not vary within a recording (kept, but worth knowing)."""
+    low, high = ranges if ranges is not None else recording_ranges(recordings)
+    if len(low) == 0:
+        return []
     warnings = []
     for i, j in zip(*np.nonzero(high == low), strict=True):
         warnings.append(

@@ -30,8 +30,7 @@ def resolve_model_source(source: str) -> Path:
             raise LookupError(
                 f"model {source!r} could not be loaded from MLflow: {error}"
             ) from error
-        bundle = local / "artifacts" / BUNDLE_ARTIFACT
-        return bundle if bundle.is_dir() else local
+        return logged_bundle_dir(local)
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(
@@ -39,6 +38,24 @@ def resolve_model_source(source: str) -> Path:
             "or a .pt/.safetensors weights file"
         )
     return path
+
+
+def logged_bundle_dir(model_dir: Path) -> Path:
+    """The bundle folder inside a downloaded pyfunc model, or ``model_dir`` if it holds none.
+
+    MLflow stores a pyfunc artifact under a folder of its own choosing (the source folder's
+    name), so the place is read from the ``MLmodel`` file rather than guessed.
+    """
+    mlmodel = model_dir / "MLmodel"
+    if mlmodel.is_file():
+        import yaml
+
+        meta = yaml.safe_load(mlmodel.read_text()) or {}
+        artifacts = meta.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+        entry = artifacts.get(BUNDLE_ARTIFACT)
+        if entry and (model_dir / entry["path"]).is_dir():
+            return model_dir / entry["path"]
+    return model_dir
 
 
 def aliased_version(name: str, alias: str) -> ModelVersion | None:

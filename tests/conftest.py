@@ -68,6 +68,9 @@ def mlflow_store(_mlflow_template: Path, tmp_path: Path, monkeypatch) -> Iterato
     monkeypatch.setenv("SENSORLSTM_ARTIFACT_LOCATION", str(tmp_path / "mlartifacts"))
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # MLflow remembers the active experiment per process; an earlier test's id may not exist in
+    # this fresh store, so start from the default experiment every store has.
+    mlflow.set_experiment(experiment_id="0")
     yield uri
     while mlflow.active_run():
         mlflow.end_run()

@@ -57,13 +57,13 @@ def test_retrain_flow_registers_promotes_and_serves(
     # The default base model was missing, so it was pre-trained and registered first.
     client = MlflowClient(mlflow_store)
     base = client.get_model_version_by_alias("sensor-lstm-base", "pretrained")
-    assert base.version == "1"
+    assert str(base.version) == "1"
 
     # The first candidate has no champion to beat: it becomes the champion.
     assert first["promoted"] is True, first
     assert first["model_version"] == "1"
     champion = client.get_model_version_by_alias("sensor-lstm", "champion")
-    assert champion.version == "1"
+    assert str(champion.version) == "1"
 
     # The run carries parameters, metrics, plots, the data report and the model.
     run = client.get_run(first["run_id"])
@@ -77,7 +77,7 @@ def test_retrain_flow_registers_promotes_and_serves(
     second = retrain_flow(config)
     assert second["model_version"] == "2"
     assert second["champion_version"] == "1"
-    alias_now = client.get_model_version_by_alias("sensor-lstm", "champion").version
+    alias_now = str(client.get_model_version_by_alias("sensor-lstm", "champion").version)
     assert alias_now == ("2" if second["promoted"] else "1")
     assert "test/f1" in second["reason"] or "f1" in second["reason"]
 
@@ -118,14 +118,22 @@ def test_cli_retrain_on_the_embedded_defaults_prints_json(tmp_path: Path) -> Non
 
     generated = subprocess.run(
         [*cli, "generate", "--out", str(data_dir), "--json", *common],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
     )
     assert generated.returncode == 0, generated.stderr[-3000:]
     assert json.loads(generated.stdout.strip().splitlines()[-1])["recordings"] == 24
 
     retrained = subprocess.run(
         [*cli, "retrain", "--data", str(data_dir), "--json", *common],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
     )
     assert retrained.returncode == 0, retrained.stderr[-5000:]
     summary = json.loads(retrained.stdout.strip().splitlines()[-1])
@@ -134,7 +142,7 @@ def test_cli_retrain_on_the_embedded_defaults_prints_json(tmp_path: Path) -> Non
     assert "test/f1" in summary["metrics"]
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     version = MlflowClient().get_model_version_by_alias("sensor-lstm", "champion")
-    assert version.version == "1"
+    assert str(version.version) == "1"
 
 
 def test_cli_reports_bad_config_clearly(tmp_path: Path) -> None:
