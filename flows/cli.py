@@ -147,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Prefect's client logs every HTTP request at INFO; keep them for --verbose.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         summary = args.handler(args)
     except (FileNotFoundError, ValueError, KeyError, LookupError) as error:

@@ -12,6 +12,7 @@ files.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,18 @@ def log_bundle_model(
     """
     import torch
 
+    with warnings.catch_warnings():
+        # The signature is given explicitly; an input example would only repeat it.
+        warnings.filterwarnings("ignore", message=".*input example was not provided")
+        return _log_pyfunc(bundle_dir, input_channels, registered_model_name, torch.__version__)
+
+
+def _log_pyfunc(
+    bundle_dir: str | Path,
+    input_channels: list[str],
+    registered_model_name: str | None,
+    torch_version: str,
+) -> Any:
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=SensorLSTMModel(),
@@ -78,7 +91,7 @@ def log_bundle_model(
         signature=signature(input_channels),
         registered_model_name=registered_model_name,
         pip_requirements=[
-            f"torch=={torch.__version__.split('+')[0]}",
+            f"torch=={torch_version.split('+')[0]}",
             f"mlflow=={mlflow.__version__}",
             f"pandas=={pd.__version__}",
             "numpy",
