@@ -25,6 +25,7 @@ mean overlap equals ``target_overlap``. ``target_overlap=1`` is a global sort (t
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import math
@@ -230,17 +231,18 @@ class LengthBucketSampler:
         return {
             "epoch": self.epoch,
             "position": self._yielded if consumed is None else int(consumed),
-            "seed": self.seed,
-            "num_recordings": int(self.lengths.size),
-            "num_replicas": self.num_replicas,
-            "rank": self.rank,
+            **self._settings(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume: the next iteration yields exactly the batches after ``state['position']``."""
-        expected = {"seed": self.seed, "num_recordings": int(self.lengths.size)}
-        expected["num_replicas"] = self.num_replicas
-        for key, value in expected.items():
+        """Resume: the next iteration yields exactly the batches after ``state['position']``.
+
+        Raises:
+            ValueError: the state was saved by a sampler with other data or settings (another
+                rank, batch size, budget, knob, buckets or lengths), whose positions mean other
+                batches.
+        """
+        for key, value in self._settings().items():
             if state.get(key) != value:
                 raise ValueError(
                     f"sampler state was saved with {key}={state.get(key)!r} but this sampler has "
@@ -249,6 +251,29 @@ class LengthBucketSampler:
         self.epoch = int(state["epoch"])
         self._resume_at = int(state["position"])
         self._yielded = self._resume_at
+
+    def _settings(self) -> dict[str, Any]:
+        """Everything that decides the batch plan, so a restored position means the same batch."""
+        return {
+            "seed": self.seed,
+            "num_recordings": int(self.lengths.size),
+            "num_replicas": self.num_replicas,
+            "rank": self.rank,
+            "batch_size": self.batch_size,
+            "max_timesteps": self.max_timesteps,
+            "drop_last": self.drop_last,
+            "shuffle": self.shuffle,
+            "target_overlap": self.target_overlap,
+            "pad_to_multiple_of": self.pad_to_multiple_of,
+            "plan_digest": self._plan_digest(),
+        }
+
+    def _plan_digest(self) -> str:
+        """A short hash of the lengths and bucket assignment."""
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update(self.lengths.tobytes())
+        digest.update(np.asarray(self.bucket_of, dtype=np.int64).tobytes())
+        return digest.hexdigest()
 
     # -- diagnostics ---------------------------------------------------------------------------
 

@@ -158,6 +158,24 @@ def test_load_state_dict_refuses_a_state_from_other_data() -> None:
         LengthBucketSampler([3, 4], batch_size=2).load_state_dict(state)
 
 
+@pytest.mark.parametrize(
+    ("changed", "field"),
+    [
+        ({"batch_size": 3}, "batch_size"),
+        ({"rank": 1}, "rank"),
+        ({"target_overlap": 0.5}, "target_overlap"),
+        ({"lengths": [9, 4, 5, 6, 7, 8]}, "plan_digest"),
+    ],
+)
+def test_load_state_dict_refuses_a_state_whose_positions_mean_other_batches(
+    changed: dict, field: str
+) -> None:
+    saved_with = {"lengths": [3, 4, 5, 6, 7, 8], "batch_size": 2, "num_replicas": 2, "rank": 0}
+    state = LengthBucketSampler(**saved_with).state_dict()
+    with pytest.raises(ValueError, match=field):
+        LengthBucketSampler(**{**saved_with, **changed}).load_state_dict(state)
+
+
 @fast
 @given(
     lengths=st.lists(st.integers(1, 300), min_size=1, max_size=100),

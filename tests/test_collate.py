@@ -18,6 +18,7 @@ from sensorlstm.collate import (
     pack_batch,
     unpack_batch,
 )
+from sensorlstm.losses import masked_loss
 from sensorlstm.mask import lengths_to_mask, mask_to_lengths
 from sensorlstm.recording import RecordingSet
 
@@ -124,6 +125,36 @@ def test_carrying_the_state_across_chunks_reproduces_the_full_sequence() -> None
             pieces.append(out)
     chunked = torch.cat(pieces, dim=1)
     assert torch.allclose(chunked[batch.mask], full[batch.mask], atol=1e-6)
+
+
+def test_chunked_loss_counts_every_real_step_once() -> None:
+    """Summed window losses over the batch's real steps equal the unchunked masked mean.
+
+    With the state carried undetached, the gradients are the full sequence's as well; the
+    training loop detaches it (truncated BPTT), which changes gradients only, never the loss.
+    """
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(3, 6, num_layers=2, batch_first=True)
+    batch = _collate(_recordings([30, 7, 19, 2], seed=3), multiple=8, pad_value=float("nan"))
+    head = torch.nn.Linear(6, batch.targets.shape[-1])
+    inputs = batch.inputs.nan_to_num(0.0)
+
+    full_out, _ = lstm(inputs)
+    full = masked_loss(head(full_out), batch.targets, batch.mask)
+    full_grads = torch.autograd.grad(full, list(lstm.parameters()))
+
+    total, state, start = torch.zeros(()), None, 0
+    for window in batch.chunks(8):
+        width = window.inputs.shape[1]
+        out, state = lstm(inputs[:, start : start + width], state)
+        total = total + masked_loss(head(out), window.targets, window.mask, reduction="sum")
+        start += width
+    chunked = total / (batch.real_timesteps * batch.targets.shape[-1])
+    chunked_grads = torch.autograd.grad(chunked, list(lstm.parameters()))
+
+    assert torch.allclose(chunked, full, atol=1e-6)
+    for got, expected in zip(chunked_grads, full_grads, strict=True):
+        assert torch.allclose(got, expected, atol=1e-6)
 
 
 def test_padded_unidirectional_lstm_is_exact_on_real_steps() -> None:
