@@ -15,7 +15,7 @@ import mlflow
 from prefect import flow, get_run_logger, task
 
 from sensorlstm.bundle import Bundle, save_bundle
-from sensorlstm.config import Config, GenerateConfig, load_config
+from sensorlstm.config import Config, DataConfig, GenerateConfig, load_config
 from sensorlstm.ingest import ingest
 from sensorlstm.normalize import Normalizer
 from sensorlstm.recording import RecordingSet
@@ -62,9 +62,10 @@ def generate_corpus(config: Config) -> RecordingSet:
     )
     corpus_dir = Path(config.work_dir) / "pretrain-corpus"
     write_fleet(generate_fleet(corpus_cfg), corpus_dir)
-    return ingest(
-        str(corpus_dir), config.data.model_copy(update={"path": str(corpus_dir)})
-    ).recordings
+    # The corpus is written in the project's own long format, whatever the fleet's data
+    # section says about its files (CSV, one file per recording, other column names).
+    corpus_data = DataConfig(path=str(corpus_dir), min_length=config.data.min_length)
+    return ingest(str(corpus_dir), corpus_data).recordings
 
 
 @task(name="pretrain-base-model")

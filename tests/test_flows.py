@@ -150,3 +150,19 @@ def test_cli_reports_bad_config_clearly(tmp_path: Path) -> None:
 
     code = main(["generate", "--out", str(tmp_path), "--set", "generate.recordingz=3", "--json"])
     assert code == 2
+
+
+def test_pretrain_corpus_is_read_in_the_projects_format_whatever_the_fleet_uses(
+    tmp_path: Path,
+) -> None:
+    """A fleet of ';'-separated CSVs (SKAB-like config) must not change how the corpus is read."""
+    from flows.pretrain import generate_corpus
+
+    config = load_config(
+        [ROOT / "configs" / "skab.yaml"],
+        ["pretrain.recordings=6", "generate.median_length=60", f"work_dir={tmp_path}"],
+    )
+    corpus = generate_corpus.fn(config)
+
+    assert len(corpus) == 6
+    assert corpus.n_channels == config.generate.channels
