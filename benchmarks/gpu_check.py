@@ -9,20 +9,28 @@ On a CUDA machine (a few minutes) it:
    and prints real timesteps per second and peak allocated memory (medians over repeats);
 3. runs one short :func:`sensorlstm.train.fine_tune` with checkpointing end to end.
 
+Under bf16 it also checks that bf16 really ran: the prediction must come out in bf16 (FAIL
+otherwise), and the LSTM's own output dtype says whether cuDNN's LSTM ran in bf16 or fell back to
+float32 (reported, not a failure: the result is still correct, only slower).
+
 Without CUDA it says so and runs the same checks on a small CPU problem (``--quick`` sizes),
-so the script itself is tested anywhere. Exit status 1 when a check fails.
+so the script itself is tested anywhere. A check that raises is reported as FAIL with its error
+and the others still run. Exit status 1 when a check fails.
 
 Run: ``python benchmarks/gpu_check.py [--quick] [--device cuda:0]``; the report also goes to
-``benchmarks/results/gpu_check.md``.
+``$OUT/gpu_check.md`` when ``$OUT`` is set, else ``benchmarks/results/gpu_check.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +43,7 @@ from sensorlstm.collate import ForecastCollator, RecordingDataset
 from sensorlstm.config import BucketConfig, TrainConfig
 from sensorlstm.device import (
     autocast,
+    autocast_dtype,
     peak_memory_bytes,
     reset_peak_memory,
     resolve_device,
@@ -45,7 +54,13 @@ from sensorlstm.model import LSTMForecaster
 from sensorlstm.recording import RecordingSet
 from sensorlstm.train import accumulate_gradients, fine_tune
 
-RESULTS = Path(__file__).resolve().parent / "results"
+logger = logging.getLogger("gpu_check")
+
+
+def results_dir() -> Path:
+    """``$OUT`` when set (the device machine's output folder), else ``benchmarks/results``."""
+    out = os.environ.get("OUT")
+    return Path(out) if out else Path(__file__).resolve().parent / "results"
 
 
 def make_fleet(n: int, channels: int, median: int, seed: int) -> RecordingSet:
@@ -74,12 +89,21 @@ def check_equivalence(device: torch.device, report: list[str]) -> bool:
     mask = torch.arange(97)[None] < lengths[:, None]
     inputs, targets, mask = inputs.to(device), targets.to(device), mask.to(device)
     precision = {False: "fp32", True: "bf16" if device.type == "cuda" else "no autocast on CPU"}
+    lstm_dtypes: list[torch.dtype] = []
+    hook = model.lstm.register_forward_hook(
+        lambda module, args, output: lstm_dtypes.append(_first_tensor(output).dtype)
+    )
     for bf16, rtol in ((False, 1e-4), (True, 5e-2)):
         results = []
         for packed in (False, True):
             model.zero_grad()
+            lstm_dtypes.clear()
             with autocast(device, enabled=bf16):
                 prediction, _ = model(inputs, lengths, packed=packed)
+            if bf16:
+                ok &= report_autocast_dtypes(
+                    device, prediction.dtype, lstm_dtypes[0], packed, report
+                )
             loss = masked_loss(prediction, targets, mask)
             loss.backward()
             grads = torch.cat([p.grad.flatten() for p in model.parameters()])
@@ -94,7 +118,36 @@ def check_equivalence(device: torch.device, report: list[str]) -> bool:
             f"- padded vs packed ({precision[bf16]}): loss rel. gap {loss_gap:.1e}, "
             f"gradient rel. gap {grad_gap:.1e}, finite {finite}: {'OK' if passed else 'FAIL'}"
         )
+    hook.remove()
     return ok
+
+
+def _first_tensor(output: object) -> torch.Tensor:
+    """The output sequence of ``nn.LSTM``: a tensor, or the data of a PackedSequence."""
+    sequence = output[0] if isinstance(output, tuple) else output
+    return getattr(sequence, "data", sequence)
+
+
+def report_autocast_dtypes(
+    device: torch.device,
+    prediction_dtype: torch.dtype,
+    lstm_dtype: torch.dtype,
+    packed: bool,
+    report: list[str],
+) -> bool:
+    """FAIL unless the prediction has the autocast dtype; say in what dtype the LSTM ran."""
+    expected = autocast_dtype(device) or torch.float32
+    passed = prediction_dtype == expected
+    mode = "packed" if packed else "padded"
+    if device.type == "cuda" and lstm_dtype != expected:
+        lstm_note = f"cuDNN LSTM fell back to {lstm_dtype} (autocast did not cover it)"
+    else:
+        lstm_note = f"LSTM ran in {lstm_dtype}"
+    report.append(
+        f"- autocast ({mode}): prediction {prediction_dtype} (expected {expected}), "
+        f"{lstm_note}: {'OK' if passed else 'FAIL'}"
+    )
+    return passed
 
 
 def time_steps(
@@ -178,13 +231,8 @@ def check_fine_tune(recordings: RecordingSet, device: torch.device, report: list
     return ok
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--quick", action="store_true", help="Small sizes (the CPU default).")
-    args = parser.parse_args()
-    device = resolve_device(args.device)
-    quick = args.quick or device.type != "cuda"
+def header(device: torch.device) -> list[str]:
+    """The report's first lines: the device, and on CPU that this is not a GPU result."""
     report = [f"# GPU check on {device}"]
     if device.type != "cuda":
         report.append("No CUDA device here: running on CPU with small sizes (not a GPU result).")
@@ -193,17 +241,58 @@ def main() -> int:
         name = torch.cuda.get_device_name(device)
         report.append(f"{name}, torch {torch.__version__}, bf16 autocast")
     report.append("")
-    ok = check_equivalence(device, report)
+    return report
+
+
+def plan_checks(
+    device: torch.device, quick: bool, report: list[str]
+) -> list[tuple[str, Callable[[], bool | None]]]:
+    """The checks in order, each appending its lines to ``report``; sizes from ``quick``."""
     fleet = make_fleet(96 if quick else 2048, 8, 100 if quick else 400, seed=0)
     hidden, repeats, batch = (64, 1, 16) if quick else (256, 3, 64)
-    time_steps(fleet, device, hidden=hidden, repeats=repeats, batch_size=batch, report=report)
-    ok &= check_fine_tune(fleet if quick else fleet.subset(range(512)), device, report)
+    tuned = fleet if quick else fleet.subset(range(512))
+    return [
+        ("padded vs packed", lambda: check_equivalence(device, report)),
+        (
+            "throughput",
+            lambda: time_steps(
+                fleet, device, hidden=hidden, repeats=repeats, batch_size=batch, report=report
+            ),
+        ),
+        ("fine_tune", lambda: check_fine_tune(tuned, device, report)),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--quick", action="store_true", help="Small sizes (the CPU default).")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    device = resolve_device(args.device)
+    report = header(device)
+    checks = plan_checks(device, args.quick or device.type != "cuda", report)
+    ok = all([run_check(name, check, report) for name, check in checks])
     report.append(f"\nOverall: {'OK' if ok else 'FAIL'}")
     text = "\n".join(report)
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gpu_check.md").write_text(text + "\n")
+    folder = results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "gpu_check.md").write_text(text + "\n")
+    print(f"report written to {folder / 'gpu_check.md'}", file=sys.stderr)
     return 0 if ok else 1
+
+
+def run_check(name: str, check: Callable[[], bool | None], report: list[str]) -> bool:
+    """Run one check; an exception is a FAIL line in the report (traceback on stderr)."""
+    try:
+        return check() is not False
+    except Exception as error:  # report every failure, then go on with the next check
+        logger.exception("check %r raised", name)
+        report.append(f"- {name}: FAIL ({type(error).__name__}: {error})")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return False
 
 
 if __name__ == "__main__":

@@ -8,11 +8,14 @@ recordings and reports, as medians over repeats:
   + mask) measured in the same run;
 - padding efficiency (real / computed timesteps);
 - memory: peak allocated memory on CUDA; on CPU the bytes autograd saves for the backward pass
-  (activation memory) of the largest step, since CPU allocations are not tracked per step;
+  (activation memory) of the largest step, since CPU allocations are not tracked per step. The
+  CPU figure leaves out weights, gradients, optimizer state and allocator overhead, so it is not
+  comparable with the CUDA one (nor with the process's resident memory);
 - the matrix-multiply FLOP/s achieved on *real* timesteps (LSTM gate GEMMs and the head,
   forward + backward = 3x forward), against a ceiling measured in the same run: torch running
   the LSTM's own per-step gate GEMM shapes (forward, input-gradient and weight-gradient, at the
-  bucketed batch size) back to back with nothing else.
+  bucketed batch size) back to back with nothing else, in the dtype training computes in (bf16
+  on CUDA, as under the training's autocast; float32 on CPU).
 
 Run: ``python benchmarks/train.py [--quick] [--device cpu|cuda] [--threads N]``. The table goes
 to stdout and ``benchmarks/results/train.md`` (+ ``train.json``).
@@ -36,6 +39,7 @@ from sensorlstm.bucketing import LengthBucketSampler
 from sensorlstm.collate import Batch, ForecastCollator, RecordingDataset
 from sensorlstm.config import BucketConfig
 from sensorlstm.device import (
+    autocast_dtype,
     peak_memory_bytes,
     reset_peak_memory,
     resolve_device,
@@ -80,15 +84,25 @@ def step_flops(model: LSTMForecaster, real_timesteps: int) -> float:
     return 3.0 * forward * real_timesteps
 
 
+def gemm_dtype(device: torch.device) -> torch.dtype:
+    """The dtype training's GEMMs run in: the autocast dtype (bf16 on CUDA), else float32."""
+    return autocast_dtype(device) or torch.float32
+
+
 def gemm_ceiling(model: LSTMForecaster, batch: int, steps: int, device: torch.device) -> float:
-    """FLOP/s of the LSTM's per-step gate GEMMs (fwd, dX, dW) run back to back."""
+    """FLOP/s of the LSTM's per-step gate GEMMs (fwd, dX, dW) run back to back.
+
+    In :func:`gemm_dtype`, so on CUDA the ceiling is the bf16 one the training steps (under bf16
+    autocast) are measured against, not the much lower float32 one.
+    """
     hidden = model.lstm.hidden_size
+    dtype = gemm_dtype(device)
     shapes = []
     for layer in range(model.lstm.num_layers):
         inputs = (model.lstm.input_size if layer == 0 else hidden) + hidden
-        weight = torch.randn(4 * hidden, inputs, device=device)
-        x = torch.randn(batch, inputs, device=device)
-        gates = torch.randn(batch, 4 * hidden, device=device)
+        weight = torch.randn(4 * hidden, inputs, device=device, dtype=dtype)
+        x = torch.randn(batch, inputs, device=device, dtype=dtype)
+        gates = torch.randn(batch, 4 * hidden, device=device, dtype=dtype)
         shapes.append((weight, x, gates))
     flops = 3 * sum(2 * batch * w.shape[0] * w.shape[1] for w, _, _ in shapes) * steps
 
@@ -174,7 +188,8 @@ def measure(
     }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """Command-line options; ``--quick`` shrinks the fleet and runs one repeat."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="Small fleet, one repeat.")
     parser.add_argument("--device", default="auto")
@@ -189,11 +204,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.recordings, args.median_length, args.repeats = 96, 120, 1
-    device = resolve_device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
+    return args
 
-    recordings = make_fleet(args.recordings, args.channels, args.median_length, 2000, seed=0)
+
+def measure_all(
+    recordings: RecordingSet, args: argparse.Namespace, device: torch.device
+) -> list[dict]:
+    """One row per (random | bucketed) x (padded + mask | packed), baseline first."""
     rows = []
     for bucketed in (False, True):
         plan = batches_for(recordings, bucketed, args.batch_size, seed=0)
@@ -211,19 +228,40 @@ def main() -> None:
                 f"{result['real_timesteps_per_s']:,.0f} real steps/s",
                 file=sys.stderr,
             )
-    steps = int(np.median(recordings.lengths))
-    bucket_batch = round(rows[-1]["mean_batch"])
-    model = LSTMForecaster(args.channels, args.channels, hidden_size=args.hidden)
-    ceiling = gemm_ceiling(model, bucket_batch, min(steps, 200), device)
+    return rows
 
+
+def memory_legend(device: torch.device) -> tuple[str, str]:
+    """(column label, sentence under the header): what "memory" means on this device."""
+    if device.type == "cuda":
+        return "peak alloc. MiB", "Memory: peak memory allocated by torch on the GPU."
+    return "saved activations MiB", (
+        "Memory (CPU): bytes of the tensors autograd saves for backward in the largest step, "
+        "i.e. activation memory only; weights, gradients, optimizer state and allocator "
+        "overhead are not included (the CPU does not track a peak), so it is not comparable "
+        "with a CUDA peak."
+    )
+
+
+def format_table(
+    rows: list[dict],
+    ceiling: float,
+    bucket_batch: int,
+    recordings: RecordingSet,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> str:
+    """The markdown report: setup, GEMM ceiling and its dtype, memory legend, one row each."""
     baseline = rows[0]["real_timesteps_per_s"]
-    memory_label = "peak MiB" if device.type == "cuda" else "saved activations MiB"
+    dtype = str(gemm_dtype(device)).removeprefix("torch.")
+    memory_label, memory_note = memory_legend(device)
     lines = [
         f"Device {device} ({torch.get_num_threads()} threads), {len(recordings)} recordings, "
         f"{args.channels} channels, median length {int(np.median(recordings.lengths))}, "
         f"LSTM {args.hidden}x2, batch {args.batch_size}, window {args.max_length}, "
         f"median of {args.repeats}.",
-        f"Gate-GEMM ceiling (batch {bucket_batch}): {ceiling / 1e9:.2f} GFLOP/s.",
+        f"Gate-GEMM ceiling ({dtype}, batch {bucket_batch}): {ceiling / 1e9:.2f} GFLOP/s.",
+        memory_note,
         "",
         f"| batching | mode | real steps/s | vs baseline | padding eff. | {memory_label} "
         "| GFLOP/s (real) | of ceiling |",
@@ -236,13 +274,33 @@ def main() -> None:
             f"{row['memory_mib']:.1f} | {row['flops_per_s'] / 1e9:.2f} | "
             f"{row['flops_per_s'] / ceiling:.0%} |"
         )
-    table = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    recordings = make_fleet(args.recordings, args.channels, args.median_length, 2000, seed=0)
+    rows = measure_all(recordings, args, device)
+    steps = int(np.median(recordings.lengths))
+    bucket_batch = round(rows[-1]["mean_batch"])
+    model = LSTMForecaster(args.channels, args.channels, hidden_size=args.hidden)
+    ceiling = gemm_ceiling(model, bucket_batch, min(steps, 200), device)
+
+    table = format_table(rows, ceiling, bucket_batch, recordings, args, device)
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "train.md").write_text(table + "\n")
-    (RESULTS / "train.json").write_text(
-        json.dumps({"rows": rows, "ceiling_flops_per_s": ceiling, "args": vars(args)}, indent=2)
-    )
+    summary = {
+        "rows": rows,
+        "ceiling_flops_per_s": ceiling,
+        "ceiling_dtype": str(gemm_dtype(device)).removeprefix("torch."),
+        "memory": memory_legend(device)[1],
+        "args": vars(args),
+    }
+    (RESULTS / "train.json").write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

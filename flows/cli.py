@@ -57,11 +57,13 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_ingest(args: argparse.Namespace) -> dict[str, Any]:
-    """Validate recordings, quarantine bad ones, write the ingested data set and report."""
+    """Validate recordings, quarantine bad ones, write the data set and report; log to MLflow."""
     from flows.ingest import ingest_flow
+    from sensorlstm.ingest import dataset_sources
 
     config = _config(args, **{"data.path": args.data})
-    return ingest_flow(config, out_dir=args.out)
+    dataset_sources(config.data)  # no --data and no source in the config: fail before Prefect
+    return ingest_flow(config, out_dir=args.out, track=True)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
@@ -124,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="folder for the Parquet files"
     )
     ingest = add("ingest", cmd_ingest)
-    ingest.add_argument("--data", required=True, help="file, folder, glob or fsspec URL")
+    ingest.add_argument(
+        "--data",
+        help="file, folder, glob or fsspec URL (default: the config's data.path, or its "
+        "data.train_path/val_path/test_path)",
+    )
     ingest.add_argument("--out", required=True, help="folder for data set, quarantine, report")
     add("pretrain", cmd_pretrain)
     retrain = add("retrain", cmd_retrain)

@@ -1,8 +1,9 @@
 """The ingest flow: list -> mapped reads (threads or Dask) -> validate -> save, with a cache.
 
-``ingest_flow(config, out_dir)`` is what ``sensorlstm ingest`` runs and what the retrain flow
-calls as a subflow. When the fingerprint of the input files and the ingest config matches the
-one saved in ``out_dir``, it returns the saved summary (``cached: true``) without reading.
+``ingest_flow(config, out_dir)`` is what ``sensorlstm ingest`` runs (with ``track=True``: the
+report also goes to MLflow) and what the retrain flow calls as a subflow. When the fingerprint
+of the input files and the ingest config matches the one saved in ``out_dir``, it returns the
+saved summary (``cached: true``) without reading.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from sensorlstm.config import Config, DataConfig
 from sensorlstm.ingest import cached_summary, dataset_fingerprint, dataset_sources, save_dataset
 from sensorlstm.sources import SourcePart
-from tasks.ingest import combine_task, list_sources_task, read_source_task, report_artifact_task
+from tasks.ingest import (
+    combine_task,
+    list_sources_task,
+    read_source_task,
+    report_artifact_task,
+    track_ingest,
+)
 
 
 def build_task_runner(cfg: DataConfig) -> TaskRunner:
@@ -62,21 +69,30 @@ def read_sources_flow(files: dict[str, list[str]], cfg: DataConfig) -> dict[str,
 
 
 @flow(name="ingest", persist_result=False)
-def ingest_flow(config: Config, out_dir: str | None = None) -> dict[str, Any]:
+def ingest_flow(config: Config, out_dir: str | None = None, track: bool = False) -> dict[str, Any]:
     """Validate recordings, quarantine bad ones, write the data set, quarantine and report.
 
     Args:
         config: the run config (its ``data`` section; ``data.path`` or explicit split paths).
         out_dir: output folder; default ``<config.work_dir>/ingested``.
+        track: log the report to MLflow (the active run, else a run named ``ingest``). The
+            CLI sets it; the retrain flow leaves it off and logs into its own run.
 
     Returns:
         The summary: ``rows_in``, ``rows_used``, ``rows_quarantined``, ``recordings_used``,
         ``recordings_quarantined``, ``reasons``, ``warnings``, ``dataset_dir``, ``fingerprint``,
-        ``cached`` (and ``splits`` with explicit sources).
+        ``cached`` (``splits`` with explicit sources, ``mlflow_run_id`` when tracked).
     """
-    logger = get_run_logger()
-    cfg = config.data
     out = Path(out_dir) if out_dir else Path(config.work_dir) / "ingested"
+    summary = _ingest(config.data, out)
+    if track:
+        summary = {**summary, "mlflow_run_id": track_ingest(summary, config.tracking)}
+    return summary
+
+
+def _ingest(cfg: DataConfig, out: Path) -> dict[str, Any]:
+    """The flow's body: skip when the fingerprint matches, else read, validate and save."""
+    logger = get_run_logger()
 
     # -- what to read, and whether it changed ---------------------------------------------------
     sources = dataset_sources(cfg)

@@ -16,6 +16,7 @@ from typing import Any
 
 import mlflow
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from flows.ingest import ingest_flow
 from flows.pretrain import ensure_base_model
@@ -55,7 +56,9 @@ def retrain_flow(config: Config | None = None) -> dict[str, Any]:
         log_ingest_to_mlflow(dataset["dataset_dir"])
 
     # -- fine-tune with the masked loss --------------------------------------------------------
-    checkpoint_dir = Path(config.work_dir) / "checkpoints" / run_id
+    # Keyed on the Prefect flow run (stable when that run is retried), not on the MLflow run
+    # created above, so a retried run resumes from its checkpoint; see tasks/train.py.
+    checkpoint_dir = Path(config.work_dir) / "checkpoints" / (flow_run.id or run_id)
     model, training = fine_tune_model(prepared, config, run_id, str(checkpoint_dir))
 
     # -- evaluate the candidate, then the champion on the same test split ----------------------

@@ -13,6 +13,9 @@ Loading pre-trained weights (:func:`load_pretrained`):
   builds the model with ``base_inputs=<pre-trained channel count>`` to get an input adapter).
   A head of another size (another number of target channels, or a pooling head) is newly
   initialised, as is the input adapter.
+- :func:`build_fleet_model` does all of that from a weights file and the ``model`` config: it
+  reads the LSTM's shape off the weights, adds the adapter when the channel counts differ, builds
+  the configured head and loads what fits. The Prefect task and the torchrun entry both use it.
 
 Training checkpoints (:func:`save_training_checkpoint` / :func:`load_training_checkpoint`) hold
 only tensors, numbers, strings, lists and dicts, so they too load with ``weights_only=True``.
@@ -31,6 +34,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from sensorlstm.config import ModelConfig
+from sensorlstm.model import LSTMForecaster
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +226,67 @@ def infer_lstm_shape(
         "hidden_size": int(first.shape[0] // 4),
         "num_layers": layers,
     }
+
+
+def build_fleet_model(
+    model_cfg: ModelConfig,
+    n_inputs: int,
+    n_outputs: int,
+    base: str | Path | Mapping[str, Tensor] | None = None,
+    *,
+    seed: int | None = None,
+    key_map: Mapping[str, str] | None = None,
+) -> tuple[LSTMForecaster, LoadReport]:
+    """The fleet's model, shaped after the pre-trained weights and loaded from them.
+
+    The LSTM's input size, hidden size and layer count come from the weights themselves
+    (:func:`infer_lstm_shape`), never from the config, so any base file fits: a fleet whose
+    channel count differs from the base's gets an input adapter. Head kind, classes and dropout
+    come from ``model_cfg``. Without ``base`` the model is built from ``model_cfg`` alone
+    (training from scratch).
+
+    Args:
+        model_cfg: the ``model`` config section (``head``, ``num_classes``, ``dropout``, and
+            ``hidden_size``/``num_layers`` when there is no base).
+        n_inputs: channels the fleet's model reads.
+        n_outputs: channels it forecasts (ignored by a pooling head).
+        base: pre-trained weights (``.pt``/``.safetensors`` path or a state dict), or None.
+        seed: seed for the newly initialised tensors (equal on every DDP rank); the global RNG
+            is left as it was. None draws from the global RNG.
+        key_map: extra checkpoint-key renames (see :func:`map_keys`).
+
+    Returns:
+        ``(model, report)``; ``report.pretrained_names`` (reused and renamed tensors) are the
+        parameters to freeze first and train at the lower learning rate. Empty without a base.
+    """
+    state = None
+    shape = {"hidden_size": model_cfg.hidden_size, "num_layers": model_cfg.num_layers}
+    if base is not None:
+        state = read_state_dict(base) if isinstance(base, str | Path) else base
+        shape = infer_lstm_shape(state, key_map)
+        for key in ("hidden_size", "num_layers"):
+            if shape[key] != getattr(model_cfg, key):
+                logger.info(
+                    "model.%s=%d ignored: the pre-trained LSTM has %s=%d",
+                    key,
+                    getattr(model_cfg, key),
+                    key,
+                    shape[key],
+                )
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = LSTMForecaster(
+            n_inputs,
+            n_outputs,
+            dropout=model_cfg.dropout,
+            head=model_cfg.head,
+            num_classes=model_cfg.num_classes,
+            **shape,
+        )
+    if state is None:
+        return model, LoadReport(new=sorted(model.state_dict()))
+    return model, load_pretrained(model, state, key_map=key_map)
 
 
 def _shape_error(name: str, original: str, tensor: Tensor, target: Tensor, origin: str) -> str:

@@ -54,6 +54,11 @@ class DataConfig(_Section):
     train_path: str | None = Field(None, description="Explicit training source (no auto split).")
     val_path: str | None = Field(None, description="Explicit validation source.")
     test_path: str | None = Field(None, description="Explicit test source.")
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="fnmatch patterns of files to leave out of the source, matched against each "
+        "file's path without the URL protocol ('*' crosses folders), e.g. '*/anomaly-free/*'.",
+    )
     format: Literal["auto", "parquet", "csv"] = "auto"
     layout: Literal["long", "per_file"] = Field(
         "long",
@@ -186,7 +191,11 @@ class TrainConfig(_Section):
     packing: Literal["auto", "packed", "padded"] = Field(
         "auto", description="'auto' uses padded + mask where it is exact (it is faster)."
     )
-    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', 'mps'.")
+    device: str = Field(
+        "auto",
+        description="'auto', 'cpu', 'cuda', 'cuda:1', 'mps'. Under DDP 'auto'/'cuda' mean "
+        "cuda:<local rank> (auto: CPU without CUDA) and 'cpu' trains on CPU with gloo.",
+    )
     num_workers: int = Field(0, ge=0)
     seed: int = 0
     log_every_steps: int = Field(10, ge=1)

@@ -33,16 +33,27 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except RuntimeError as error:
+        raise ValueError(
+            f"unknown device {spec!r}: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        ) from error
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {spec!r} requested but CUDA is not available; use 'auto'")
+            raise ValueError(
+                f"device {spec!r} requested but CUDA is not available here; "
+                "use 'auto' (falls back to the CPU) or 'cpu'"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(
-                f"device {spec!r} requested but only {torch.cuda.device_count()} GPUs are visible"
+                f"device {spec!r} requested but only {torch.cuda.device_count()} GPUs are "
+                f"visible (cuda:0 to cuda:{torch.cuda.device_count() - 1})"
             )
     if device.type == "mps" and not _mps_available():
-        raise ValueError(f"device {spec!r} requested but MPS is not available; use 'auto'")
+        raise ValueError(
+            f"device {spec!r} requested but MPS is not available here; use 'auto' or 'cpu'"
+        )
     return device
 
 
@@ -51,11 +62,21 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``device``: bf16 on CUDA, None (plain float32) elsewhere.
+
+    bf16 keeps float32's exponent range, so no loss scaling is needed; MPS and CPU autocast
+    would mostly add casts around kernels that gain little from them, so they run float32.
+    """
+    return torch.bfloat16 if device.type == "cuda" else None
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, enabled: bool = True) -> Iterator[None]:
-    """bf16 autocast on CUDA, nothing elsewhere."""
-    if enabled and device.type == "cuda":
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+    """Autocast to :func:`autocast_dtype` on CUDA, nothing elsewhere (or when not enabled)."""
+    dtype = autocast_dtype(device)
+    if enabled and dtype is not None:
+        with torch.autocast(device.type, dtype=dtype):
             yield
     else:
         yield

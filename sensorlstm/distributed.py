@@ -7,6 +7,10 @@ Command line (one process per GPU; on CPU, ``gloo`` processes)::
         [--base WEIGHTS.safetensors|.pt] [--checkpoint-dir DIR] [--device cpu|cuda]
 
 ``--train``/``--val`` are folders written by :meth:`RecordingSet.save` (already normalised).
+The device is ``--device`` or else ``train.device``: ``auto``/``cuda`` put each process on
+``cuda:<local rank>`` (CPU when there is no CUDA), ``cpu`` trains on CPU even where GPUs exist.
+On CUDA the process group is ``cpu:gloo,cuda:nccl``: NCCL all-reduces the gradients, and
+collectives on CPU tensors go through gloo.
 Every rank reads them, takes every N-th length-bucketed batch (the distributed bucket sampler,
 equal batch counts per rank), and :func:`sensorlstm.train.fine_tune` divides the loss by the real
 timesteps of all ranks, so the step equals the single-process step on the union of the batches.
@@ -37,8 +41,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from sensorlstm.checkpoint import infer_lstm_shape, load_pretrained, read_state_dict
+from sensorlstm.checkpoint import build_fleet_model
 from sensorlstm.config import Config, load_config
+from sensorlstm.device import resolve_device
 from sensorlstm.model import LSTMForecaster
 from sensorlstm.recording import RecordingSet
 from sensorlstm.train import TrainResult, fine_tune
@@ -54,32 +59,60 @@ def build_model(
 ) -> LSTMForecaster:
     """The fleet's model: shaped after ``base`` weights when given (and loaded), else the config.
 
+    New tensors are seeded with ``train.seed``, so every rank starts from the same weights.
+
     Args:
         config: the run configuration (``model`` section).
         n_inputs: input channels of the fleet.
         n_outputs: target channels.
         base: pre-trained weights file, or None to train from scratch.
     """
-    torch.manual_seed(config.train.seed)
-    shape: dict[str, Any] = {
-        "hidden_size": config.model.hidden_size,
-        "num_layers": config.model.num_layers,
-    }
-    state = None
-    if base is not None:
-        state = read_state_dict(base)
-        shape = infer_lstm_shape(state)
-    model = LSTMForecaster(
-        n_inputs,
-        n_outputs,
-        dropout=config.model.dropout,
-        head=config.model.head,
-        num_classes=config.model.num_classes,
-        **shape,
-    )
-    if state is not None:
-        load_pretrained(model, state)
+    model, _ = build_fleet_model(config.model, n_inputs, n_outputs, base, seed=config.train.seed)
     return model
+
+
+def rank_device(spec: str, local_rank: int) -> torch.device:
+    """This process's device for ``train.device`` / ``--device`` ``spec`` under DDP.
+
+    ``auto`` and ``cuda`` mean one GPU per process, ``cuda:<local_rank>``; ``auto`` falls back
+    to the CPU when there is no CUDA (not to MPS: gloo has no MPS support). An explicit device
+    (``cpu``, ``cuda:1``) is used as given.
+
+    Raises:
+        ValueError: the device is not available, there are fewer GPUs than local ranks, or the
+            device is neither CPU nor CUDA.
+    """
+    spec = spec.strip().lower()
+    if spec in ("auto", "cuda"):
+        if not torch.cuda.is_available():
+            if spec == "cuda":
+                raise ValueError(
+                    "train.device='cuda' but CUDA is not available here; "
+                    "use 'auto' or 'cpu' to train on CPU (gloo)"
+                )
+            return torch.device("cpu")
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise ValueError(
+                f"local rank {local_rank} needs its own GPU but only {count} are visible; "
+                f"start at most {count} processes per node (--nproc-per-node)"
+            )
+        return torch.device("cuda", local_rank)
+    device = resolve_device(spec)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(
+            f"DDP runs on CPU (gloo) or CUDA (NCCL), got device {spec!r}; use 'cpu' or 'cuda'"
+        )
+    return device
+
+
+def process_group_backend(device: torch.device) -> str:
+    """``cpu:gloo,cuda:nccl`` on CUDA (NCCL for GPU tensors, gloo for CPU ones), else ``gloo``.
+
+    NCCL reduces GPU tensors only; with gloo beside it, a collective on a CPU tensor (and the
+    barrier) still works.
+    """
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -100,26 +133,30 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], help="Override section.key=value.")
     parser.add_argument("--base", type=Path, help="Pre-trained weights (.safetensors or .pt).")
     parser.add_argument("--checkpoint-dir", type=Path, help="Default: <out>/checkpoints.")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present).")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="Overrides train.device: auto or cuda (cuda:<local rank>), cpu, or cuda:N.",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of every torchrun process."""
     args = _parse(argv)
-    use_cuda = torch.cuda.is_available() and (args.device or "cuda").startswith("cuda")
+    config = load_config(args.config, args.set)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    device = rank_device(args.device or config.train.device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=process_group_backend(device))
     rank, world = dist.get_rank(), dist.get_world_size()
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"%(asctime)s rank{rank} %(name)s %(levelname)s %(message)s",
     )
+    logger.info("%d processes on %s (%s)", world, device, dist.get_backend())
     try:
-        config = load_config(args.config, args.set)
-        device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
         train = RecordingSet.load(args.train)
         val = RecordingSet.load(args.val) if args.val else train.subset([])
         targets = config.model.target_channels or list(train.channels)
@@ -192,10 +229,13 @@ def launch(
     config_files: Sequence[str | Path] = (),
     overrides: Sequence[str] = (),
     base: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
     env: dict[str, str] | None = None,
     timeout: float | None = None,
 ) -> subprocess.CompletedProcess:
     """Run ``torchrun --standalone`` on this entry point as a subprocess and wait for it.
+
+    ``checkpoint_dir`` (default ``<out_dir>/checkpoints``): a checkpoint found there resumes.
 
     Returns:
         The finished process (stdout and stderr captured as text).
@@ -224,6 +264,8 @@ def launch(
         command += ["--set", override]
     if base is not None:
         command += ["--base", str(base)]
+    if checkpoint_dir is not None:
+        command += ["--checkpoint-dir", str(checkpoint_dir)]
     process_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     root = str(Path(__file__).resolve().parent.parent)
     process_env["PYTHONPATH"] = os.pathsep.join(

@@ -29,7 +29,7 @@ import pandas as pd
 from sensorlstm.config import DataConfig
 from sensorlstm.quarantine import QUARANTINE_FILE, IngestError, Issue, quarantine_frame
 from sensorlstm.recording import RECORDINGS_FILE, RecordingSet
-from sensorlstm.report import REPORT_FILE, build_report
+from sensorlstm.report import REPORT_FILE, SUMMARY_FILE, build_report
 from sensorlstm.sources import SourcePart, list_sources, read_source
 from sensorlstm.validate import (
     Fleet,
@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 #: Bump when the ingest output changes for the same input, so old caches are not reused.
-INGEST_VERSION = 1
+INGEST_VERSION = 2
 #: DataConfig fields that change how ingest runs but not what it produces.
 _RUN_ONLY_FIELDS = {
     "path",
@@ -193,6 +193,7 @@ def combine(
     live = [p for p in parts if p.ids]
     layout = list(channels or cfg.columns.channels or _majority_layout(live))
     usable = []
+    rejected_files = _rejected_files(parts)
     for part in live:
         missing = [c for c in layout if c not in part.channels]
         if missing:
@@ -202,11 +203,15 @@ def combine(
                     None,
                     "missing_channel",
                     missing[0],
-                    f"expected channels {layout}, missing {missing}",
+                    f"expected channels {layout}, missing {missing}; its {len(part.ids)} "
+                    "recording(s) were not used; add the channel to the file, or list it in "
+                    "data.columns.ignore to drop it from the whole fleet",
                     part.n_rows,
                     "file",
                 )
             )
+            for rec in part.ids:
+                rejected_files.setdefault(rec, (part.source, "missing_channel"))
         else:
             usable.append(part)
             for extra in (c for c in part.channels if c not in layout):
@@ -224,6 +229,7 @@ def combine(
                     )
 
     fleet = _stack(usable, layout, cfg, warnings)
+    _reject_partial_recordings(fleet, rejected_files, cfg)
     _apply_read_findings(fleet, usable, cfg)
 
     # -- per-recording checks --------------------------------------------------------------------
@@ -349,6 +355,40 @@ def _join_split_recordings(fleet: Fleet) -> Fleet:
     return joined
 
 
+def _rejected_files(parts: Sequence[SourcePart]) -> dict[str, tuple[str, str]]:
+    """Recording id -> (file, reason) for recordings with rows in a file rejected as a whole."""
+    found: dict[str, tuple[str, str]] = {}
+    for part in parts:
+        reason = next((i.reason for i in part.issues if i.scope == "file"), "rejected")
+        for rec in part.rejected_ids:
+            found.setdefault(rec, (part.source, reason))
+    return found
+
+
+def _reject_partial_recordings(
+    fleet: Fleet, rejected_files: dict[str, tuple[str, str]], cfg: DataConfig
+) -> None:
+    """Quarantine recordings whose rows in another file were rejected with that whole file.
+
+    Using the rest would train on a recording with a hole in it; its rows are counted under
+    the recording here, the rejected file's rows under the file's own issue.
+    """
+    if not rejected_files:
+        return
+    for i, rec in enumerate(fleet.ids):
+        if rec in rejected_files:
+            bad_file, reason = rejected_files[rec]
+            fleet.reject(
+                i,
+                "partial_recording",
+                None,
+                f"part of recording {rec!r} is in {bad_file}, which was rejected ({reason}); "
+                "the whole recording is quarantined rather than used incomplete; fix or "
+                "remove that file",
+                cfg=cfg,
+            )
+
+
 def _apply_read_findings(fleet: Fleet, parts: Sequence[SourcePart], cfg: DataConfig) -> None:
     """Reject recordings flagged while reading; apply the duplicate policy to unsorted ones."""
     index = {rec: i for i, rec in enumerate(fleet.ids)}
@@ -428,23 +468,36 @@ def dataset_sources(cfg: DataConfig) -> dict[str, str]:
         return explicit
     if not cfg.path:
         raise ValueError(
-            "no data source: set data.path (--data PATH) or data.train_path/val_path/test_path"
+            "no data source: expected --data PATH, data.path, or data.train_path (with optional "
+            "data.val_path / data.test_path) in the config; got none of them"
         )
     return {"": cfg.path}
 
 
 def cached_summary(out_dir: str | Path, fingerprint: str) -> dict[str, Any] | None:
-    """The saved summary when ``out_dir`` holds a complete ingest with this fingerprint."""
-    path = Path(out_dir) / "summary.json"
+    """The saved summary when ``out_dir`` holds a complete ingest with this fingerprint.
+
+    Complete means every split's ``report.json`` is there, and so is its
+    ``recordings.parquet`` unless nothing was readable (a report without channels).
+    """
+    path = Path(out_dir) / SUMMARY_FILE
     if not path.exists():
         return None
     summary = json.loads(path.read_text())
     if summary.get("fingerprint") != fingerprint:
         return None
     splits = summary.get("splits") or {"": None}
-    if not all((Path(out_dir) / name / REPORT_FILE).exists() for name in splits):
+    if not all(_split_complete(Path(out_dir) / name) for name in splits):
         return None
     return {**summary, "cached": True}
+
+
+def _split_complete(folder: Path) -> bool:
+    report = folder / REPORT_FILE
+    if not report.exists() or not (folder / QUARANTINE_FILE).exists():
+        return False
+    has_channels = bool(json.loads(report.read_text()).get("channels"))
+    return not has_channels or (folder / RECORDINGS_FILE).exists()
 
 
 def combine_dataset(
@@ -463,15 +516,40 @@ def combine_dataset(
 def save_dataset(
     results: dict[str, IngestResult], out_dir: str | Path, fingerprint: str
 ) -> dict[str, Any]:
-    """Write each split's result (``out_dir`` itself or ``out_dir/<split>``) and the summary."""
+    """Write each split's result (``out_dir`` itself or ``out_dir/<split>``) and the summary.
+
+    Outputs of an earlier ingest that this one does not rewrite (a ``train/`` folder left from
+    explicit sources, or a top-level set left from an automatic split) are removed first, so
+    nothing stale is read back as if it were part of this data set.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").unlink(missing_ok=True)
+    (out_dir / SUMMARY_FILE).unlink(missing_ok=True)
+    _remove_stale_outputs(out_dir, keep=set(results))
     for name, result in results.items():
         result.save(out_dir / name if name else out_dir)
     summary = _summary(results, out_dir, fingerprint)
-    (out_dir / "summary.json").write_text(json.dumps({**summary, "cached": False}, indent=2))
+    (out_dir / SUMMARY_FILE).write_text(json.dumps({**summary, "cached": False}, indent=2))
     return summary
+
+
+#: Files :meth:`IngestResult.save` writes, the report first (a folder without it is incomplete).
+_OUTPUT_FILES = (REPORT_FILE, RECORDINGS_FILE, QUARANTINE_FILE)
+
+
+def _remove_stale_outputs(out_dir: Path, keep: set[str]) -> None:
+    """Delete ingest outputs of splits not in ``keep`` (``""`` is ``out_dir`` itself)."""
+    for name in ("", *SPLIT_NAMES):
+        if name in keep:
+            continue
+        folder = out_dir / name if name else out_dir
+        stale = [folder / f for f in _OUTPUT_FILES if (folder / f).exists()]
+        for path in stale:
+            path.unlink()
+        if stale:
+            logger.info("removed %s left by an earlier ingest", ", ".join(map(str, stale)))
+        if name and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _summary(results: dict[str, IngestResult], out_dir: Path, fingerprint: str) -> dict[str, Any]:

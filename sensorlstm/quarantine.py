@@ -35,6 +35,7 @@ REASONS: dict[str, str] = {
     "nan_gap": "a run of NaN or infinite values is longer than data.max_gap",
     "bad_label": "the label column holds values other than 0 and 1",
     "too_short": "fewer timesteps than data.min_length",
+    "partial_recording": "another file holding rows of this recording was rejected as a whole",
     # rows only
     "missing_recording_id": "rows without a recording id",
     # warnings (data kept)

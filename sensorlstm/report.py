@@ -18,6 +18,8 @@ from sensorlstm.quarantine import Issue
 from sensorlstm.recording import RecordingSet
 
 REPORT_FILE = "report.json"
+#: The data set's headline counts (all splits), written last by ``save_dataset``.
+SUMMARY_FILE = "summary.json"
 MAX_EXAMPLES = 50
 
 
@@ -155,7 +157,12 @@ _STATS_BLOCK = 1 << 18
 
 
 def report_table(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The report as rows for a table artifact: one per reason, warning and channel."""
+    """The report as rows for a table artifact.
+
+    One row per total, quarantine reason, warning, channel and length-histogram bin (``kind``
+    ``length``, named by its range of timesteps, with a text bar in ``detail``), so the Prefect
+    UI shows the shape of the fleet without opening the PNG.
+    """
     rows: list[dict[str, Any]] = [
         {"kind": "total", "name": key, "count": report[key], "rows": None, "detail": ""}
         for key in (
@@ -191,6 +198,30 @@ def report_table(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "count": s["constant_recordings"],
                 "rows": None,
                 "detail": detail,
+            }
+        )
+    rows.extend(histogram_rows(report["length_histogram"]))
+    return rows
+
+
+#: Width in characters of the longest bar in :func:`histogram_rows`.
+BAR_WIDTH = 40
+
+
+def histogram_rows(histogram: dict[str, list]) -> list[dict[str, Any]]:
+    """Table rows for a length histogram: one per bin, ``[lo, hi)`` timesteps, with a bar."""
+    counts, edges = histogram["counts"], histogram["edges"]
+    top = max(counts, default=0)
+    rows = []
+    for count, lo, hi in zip(counts, edges[:-1], edges[1:], strict=True):
+        bar = "#" * (round(BAR_WIDTH * count / top) if top else 0)
+        rows.append(
+            {
+                "kind": "length",
+                "name": f"{lo}-{hi - 1} steps",
+                "count": count,
+                "rows": None,
+                "detail": bar,
             }
         )
     return rows

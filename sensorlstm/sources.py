@@ -10,6 +10,7 @@ exception, so one corrupt file does not stop the others.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,7 +41,9 @@ class SourcePart:
 
     Attributes:
         source: the file path or URL.
-        rows_in: data rows in the file (0 when the file could not be read at all).
+        rows_in: data rows in the file; for a file that could not be parsed, what could be
+            counted (the Parquet footer's row count, a CSV's non-blank lines minus the header),
+            else 0.
         ids: recording ids, in the order of the blocks in ``values``.
         offsets: int64 ``(len(ids) + 1,)`` row offsets into ``values``.
         values: float32 ``(rows, len(channels))``; NaN where a cell was empty or non-numeric.
@@ -50,6 +53,8 @@ class SourcePart:
         flags: recording-level problems found while reading (the recording is quarantined).
         issues: file- or row-level rejections already counted (rows no longer in ``values``).
         warnings: findings that keep the data.
+        rejected_ids: recordings known to have rows in this file when the whole file was
+            rejected; their rows in other files are quarantined too (no partial recordings).
     """
 
     source: str
@@ -63,6 +68,7 @@ class SourcePart:
     flags: list[Issue] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
     warnings: list[Issue] = field(default_factory=list)
+    rejected_ids: list[str] = field(default_factory=list)
 
     @property
     def n_rows(self) -> int:
@@ -106,11 +112,22 @@ def list_sources(source: str | Sequence[str], cfg: DataConfig) -> list[str]:
             )
         if len(candidates) != 1 or candidates[0] != root:
             candidates = [p for p in candidates if _wanted(p, cfg)]
-        if not candidates:
+        kept = [p for p in candidates if not _excluded(p, cfg)]
+        if not kept:
+            excluded = f" left after data.exclude {cfg.exclude}" if candidates else ""
             raise FileNotFoundError(
-                f"data source {src!r} holds no {_suffix_text(cfg)} files; "
-                "check the path and data.format"
+                f"data source {src!r} holds no {_suffix_text(cfg)} files{excluded}; "
+                "check the path, data.format and data.exclude"
             )
+        if len(kept) < len(candidates):
+            logger.info(
+                "%s: %d of %d files left out by data.exclude %s",
+                src,
+                len(candidates) - len(kept),
+                len(candidates),
+                cfg.exclude,
+            )
+        candidates = kept
         as_url = "://" in src
         found.extend(fs.unstrip_protocol(p) if as_url else p for p in candidates)
     return sorted(set(found))
@@ -121,6 +138,11 @@ def _wanted(path: str, cfg: DataConfig) -> bool:
     if name.startswith((".", "_")):
         return False
     return file_format(path, cfg) is not None
+
+
+def _excluded(path: str, cfg: DataConfig) -> bool:
+    """Whether ``path`` matches one of the ``data.exclude`` patterns (``*`` crosses folders)."""
+    return any(fnmatch.fnmatchcase(path, pattern) for pattern in cfg.exclude)
 
 
 def _suffix_text(cfg: DataConfig) -> str:
@@ -177,20 +199,76 @@ def read_source(path: str, cfg: DataConfig) -> SourcePart:
     fmt = file_format(path, cfg) or ("csv" if cfg.format == "csv" else "parquet")
     try:
         table = _read_parquet(fs, fpath, cfg) if fmt == "parquet" else _read_csv(fs, fpath, cfg)
-    except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as exc:
+    except _READ_ERRORS as exc:
+        rows, counted = _count_rows(fs, fpath, fmt)
         return _failed(
-            path, "unreadable_file", f"cannot read it as {fmt}: {exc}; is the file complete?"
+            path,
+            "unreadable_file",
+            f"cannot read it as {fmt}: {exc}; is the file complete? ({rows} rows, {counted})",
+            rows,
+            _salvage_ids(fs, fpath, path, fmt, cfg),
         )
     return table_to_part(table, path, cfg)
 
 
-def _failed(path: str, reason: str, detail: str, rows: int = 0) -> SourcePart:
+#: What a broken file raises while pyarrow parses it.
+_READ_ERRORS = (pa.ArrowException, OSError, ValueError, UnicodeDecodeError)
+
+
+def _failed(
+    path: str, reason: str, detail: str, rows: int = 0, ids: Sequence[str] = ()
+) -> SourcePart:
+    """A part that holds no data, only the file-level issue (``rows`` rows are quarantined)."""
     logger.warning("%s: %s (%s)", path, reason, detail)
     return SourcePart(
         source=path,
         rows_in=rows,
         issues=[Issue(path, None, reason, None, detail, rows, "file")],
+        rejected_ids=list(ids),
     )
+
+
+def _count_rows(fs: fsspec.AbstractFileSystem, fpath: str, fmt: str) -> tuple[int, str]:
+    """Data rows of a file pyarrow could not parse, as far as they can be counted.
+
+    Returns the count and how it was found, for the quarantine detail. Parquet: the footer's
+    row count (0 when the footer itself is broken). CSV: non-blank lines minus the header (a
+    quoted field spanning lines counts once per line).
+    """
+    try:
+        if fmt == "parquet":
+            with fs.open(fpath, "rb") as handle:
+                return pq.read_metadata(handle).num_rows, "counted from the Parquet footer"
+        with fs.open(fpath, "rb", compression="infer") as handle:
+            lines = sum(1 for line in handle if line.strip())
+        return max(lines - 1, 0), "counted as non-blank lines after the header"
+    except _READ_ERRORS:
+        return 0, "as they could not be counted"
+
+
+def _salvage_ids(
+    fs: fsspec.AbstractFileSystem, fpath: str, path: str, fmt: str, cfg: DataConfig
+) -> list[str]:
+    """Recording ids of a file that could not be read whole: its id column if that alone
+    reads (skipping malformed CSV lines), else the file's own id with ``layout: per_file``."""
+    id_col = cfg.columns.recording_id
+    try:
+        if fmt == "parquet":
+            with fs.open(fpath, "rb") as handle:
+                column = pq.ParquetFile(handle).read(columns=[id_col]).column(0)
+        else:
+            parse = pacsv.ParseOptions(
+                delimiter=cfg.csv_separator, invalid_row_handler=lambda _row: "skip"
+            )
+            convert = pacsv.ConvertOptions(
+                include_columns=[id_col], column_types={id_col: pa.string()}
+            )
+            with fs.open(fpath, "rb", compression="infer") as handle:
+                column = pacsv.read_csv(handle, parse_options=parse, convert_options=convert)[0]
+    except (*_READ_ERRORS, KeyError, IndexError):
+        return [recording_id_from_path(path)] if cfg.layout == "per_file" else []
+    ids = pc.unique(pc.cast(column, pa.string())).to_pylist()
+    return sorted(str(i) for i in ids if i is not None and str(i).strip())
 
 
 def _read_parquet(fs: fsspec.AbstractFileSystem, fpath: str, cfg: DataConfig) -> pa.Table:
@@ -211,22 +289,46 @@ def _read_parquet(fs: fsspec.AbstractFileSystem, fpath: str, cfg: DataConfig) ->
 
 
 def _read_csv(fs: fsspec.AbstractFileSystem, fpath: str, cfg: DataConfig) -> pa.Table:
+    """Read the columns :func:`_projection` wants (others are never parsed), ids as a dictionary.
+
+    A column whose type pyarrow inferred from the first block can fail on a bad cell further
+    down; the file is then read again with every wanted column as text, so the typed
+    conversion in :func:`table_to_part` can name the bad cells.
+    """
     parse = pacsv.ParseOptions(delimiter=cfg.csv_separator)
-    id_type = pa.dictionary(pa.int32(), pa.string())
-    types: dict[str, pa.DataType] = {cfg.columns.recording_id: id_type}
-    convert = pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
+    id_col = cfg.columns.recording_id
+    include = _projection(_csv_header(fs, fpath, parse), cfg)
+    types: dict[str, pa.DataType] = {id_col: pa.dictionary(pa.int32(), pa.string())}
+    try:
+        return _read_csv_columns(fs, fpath, parse, include, types)
+    except pa.ArrowInvalid as exc:
+        if "conversion error" not in str(exc).lower():
+            raise
+    types.update({name: pa.string() for name in include if name != id_col})
+    return _read_csv_columns(fs, fpath, parse, include, types)
+
+
+def _csv_header(fs: fsspec.AbstractFileSystem, fpath: str, parse: pacsv.ParseOptions) -> list[str]:
+    """The CSV's column names (pyarrow parses only its first block, in this thread)."""
     with fs.open(fpath, "rb", compression="infer") as handle:
-        try:
-            return pacsv.read_csv(handle, parse_options=parse, convert_options=convert)
-        except pa.ArrowInvalid as exc:
-            if "conversion error" not in str(exc).lower():
-                raise
-    # A column whose type was inferred from its first block fails later on a bad cell; read
-    # everything as text then, and let the typed conversion name the bad cells.
-    with fs.open(fpath, "rb", compression="infer") as handle:
-        names = pacsv.open_csv(handle, parse_options=parse).schema.names
-    types.update({name: pa.string() for name in names if name != cfg.columns.recording_id})
-    convert = pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
+        reader = pacsv.open_csv(
+            handle, read_options=pacsv.ReadOptions(use_threads=False), parse_options=parse
+        )
+        names = reader.schema.names
+        reader.close()
+    return names
+
+
+def _read_csv_columns(
+    fs: fsspec.AbstractFileSystem,
+    fpath: str,
+    parse: pacsv.ParseOptions,
+    include: list[str],
+    types: dict[str, pa.DataType],
+) -> pa.Table:
+    convert = pacsv.ConvertOptions(
+        include_columns=include, column_types=types, strings_can_be_null=True
+    )
     with fs.open(fpath, "rb", compression="infer") as handle:
         return pacsv.read_csv(handle, parse_options=parse, convert_options=convert)
 
@@ -272,6 +374,7 @@ def table_to_part(table: pa.Table, path: str, cfg: DataConfig) -> SourcePart:
             f"expected a timestamp column {cols.timestamp!r}, got columns {names}; "
             "set data.columns.timestamp (or null to use the row order)",
             rows_in,
+            _ids_in(table, path, cfg, has_id),
         )
     reserved = {cols.recording_id, cols.timestamp, cols.label, *cols.ignore}
     warnings: list[Issue] = []
@@ -284,13 +387,22 @@ def table_to_part(table: pa.Table, path: str, cfg: DataConfig) -> SourcePart:
                 f"expected channels {cols.channels}, missing {missing}; "
                 "fix the file or data.columns.channels",
                 rows_in,
+                _ids_in(table, path, cfg, has_id),
             )
         channels = list(cols.channels)
     else:
-        channels = [n for n in names if n not in reserved and _channel_like(table.schema.field(n))]
+        channels = [n for n in names if n not in reserved and _is_channel(table.column(n))]
     for extra in (n for n in names if n not in reserved and n not in channels):
         warnings.append(
-            Issue(path, None, "unexpected_channel", extra, "column dropped", 0, "warning")
+            Issue(
+                path,
+                None,
+                "unexpected_channel",
+                extra,
+                _dropped_column_detail(table.column(extra), cfg),
+                0,
+                "warning",
+            )
         )
 
     # -- recording codes (integers), dropping rows without an id -------------------------------
@@ -405,16 +517,79 @@ def table_to_part(table: pa.Table, path: str, cfg: DataConfig) -> SourcePart:
     )
 
 
-def _channel_like(f: pa.Field) -> bool:
-    t = f.type
-    return (
+#: Cells of a text column looked at to decide whether it holds numbers.
+_SNIFF_CELLS = 4096
+
+
+def _is_channel(column: pa.ChunkedArray) -> bool:
+    """Whether an auto-detected column is a channel: numeric, or text that is mostly numbers.
+
+    Text columns are kept when most of their non-blank cells parse as numbers, so a channel
+    with a few bad cells is still found (and its recordings quarantined as ``non_numeric``),
+    while metadata such as ``site="X"`` is dropped with an ``unexpected_channel`` warning.
+    """
+    t = column.type
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if (
         pa.types.is_integer(t)
         or pa.types.is_floating(t)
         or pa.types.is_boolean(t)
         or pa.types.is_decimal(t)
-        or pa.types.is_string(t)
-        or pa.types.is_large_string(t)
+    ):
+        return True
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return _numeric_share(column) > 0.5
+    return False
+
+
+def _text_sample(column: pa.ChunkedArray) -> pd.Series:
+    """Up to :data:`_SNIFF_CELLS` non-blank cells, spread over the column, stripped."""
+    if pa.types.is_dictionary(column.type):
+        column = pc.cast(column, column.type.value_type)
+    cells = pc.drop_null(column)
+    if len(cells) > _SNIFF_CELLS:
+        cells = cells.take(np.linspace(0, len(cells) - 1, _SNIFF_CELLS).astype(np.int64))
+    text = pd.Series(cells.to_pylist(), dtype="string").str.strip()
+    return text[text != ""]
+
+
+def _numeric_share(column: pa.ChunkedArray) -> float:
+    """Share of a text column's sampled non-blank cells that parse as numbers (0 if none)."""
+    text = _text_sample(column)
+    if text.empty:
+        return 0.0
+    return float(pd.to_numeric(text, errors="coerce").notna().mean())
+
+
+def _dropped_column_detail(column: pa.ChunkedArray, cfg: DataConfig) -> str:
+    """Why a column is not a channel, for the ``unexpected_channel`` warning."""
+    if cfg.columns.channels is not None:
+        return f"not in data.columns.channels {cfg.columns.channels}; column dropped"
+    t = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        sample = _text_sample(column)
+        got = (
+            "a text column with no values"
+            if sample.empty
+            else f"text such as {sample.iloc[0]!r} (most cells are not numbers)"
+        )
+        return (
+            f"expected a numeric channel, got {got}; column dropped, add it to "
+            "data.columns.ignore to silence this warning"
+        )
+    return (
+        f"expected a numeric channel, got type {t}; column dropped, add it to "
+        "data.columns.ignore to silence this warning"
     )
+
+
+def _ids_in(table: pa.Table, path: str, cfg: DataConfig, has_id: bool) -> list[str]:
+    """The recording ids a readable file holds (for a file rejected as a whole)."""
+    if not has_id and cfg.layout != "per_file":
+        return []
+    codes, dictionary = _recording_codes(table, path, cfg, has_id)
+    return [dictionary[c] for c in np.unique(codes[codes >= 0])]
 
 
 def _recording_codes(

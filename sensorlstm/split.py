@@ -13,6 +13,7 @@ are left out of that split.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 
 from sensorlstm.config import Config, SplitConfig
 from sensorlstm.recording import RECORDINGS_FILE, RecordingSet
+from sensorlstm.report import SUMMARY_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +127,9 @@ def load_splits(dataset_dir: str | Path, config: Config) -> Splits:
 
     With explicit sources (``train/``, ``val/``, ``test/`` subfolders) those are used as they
     are; a missing ``val/`` is carved from ``train/`` by recording (``split.val_fraction``), a
-    missing ``test/`` is empty. Otherwise the one set is split by ``config.split``.
+    missing ``test/`` is empty. Otherwise the one set is split by ``config.split``. Which of
+    the two the folder holds is read from its ``summary.json`` (so a folder left from an older
+    ingest cannot win); only a folder without a summary is judged by its subfolders.
 
     Args:
         dataset_dir: the ingest output folder.
@@ -133,26 +137,50 @@ def load_splits(dataset_dir: str | Path, config: Config) -> Splits:
 
     Returns:
         The splits.
+
+    Raises:
+        FileNotFoundError: the folder (or its ``train/`` split) holds no ingested recordings.
     """
     dataset_dir = Path(dataset_dir)
-    if (dataset_dir / "train" / RECORDINGS_FILE).exists():
-        train = RecordingSet.load(dataset_dir / "train")
-
-        def load_or_none(name: str) -> RecordingSet | None:
-            path = dataset_dir / name
-            return RecordingSet.load(path) if (path / RECORDINGS_FILE).exists() else None
-
-        val, test = load_or_none("val"), load_or_none("test")
-        if val is None:
-            carve = config.split.model_copy(update={"method": "recording", "test_fraction": 0.0})
-            carved = split_recordings(train, carve)
-            train, val = carved.train, carved.val
-        if test is None:
-            test = train.subset([])
-        return Splits(train=train, val=val, test=test)
+    explicit = _ingested_splits(dataset_dir)
+    if explicit:
+        return _load_explicit_splits(dataset_dir, explicit, config)
     if not (dataset_dir / RECORDINGS_FILE).exists():
         raise FileNotFoundError(
             f"{dataset_dir} holds no ingested recordings ({RECORDINGS_FILE}); "
-            "run `sensorlstm ingest --data PATH --out DIR` first"
+            "run `sensorlstm ingest --data PATH --out DIR` first (if it ran, see "
+            f"{dataset_dir / 'quarantine.parquet'} for why nothing was kept)"
         )
     return split_recordings(RecordingSet.load(dataset_dir), config.split)
+
+
+def _ingested_splits(dataset_dir: Path) -> set[str]:
+    """The explicit splits the last ingest wrote; empty for one automatically split set."""
+    summary = dataset_dir / SUMMARY_FILE
+    if summary.exists():
+        return set(json.loads(summary.read_text()).get("splits") or ())
+    return {n for n in ("train", "val", "test") if (dataset_dir / n / RECORDINGS_FILE).exists()}
+
+
+def _load_explicit_splits(dataset_dir: Path, names: set[str], config: Config) -> Splits:
+    train_dir = dataset_dir / "train"
+    if not (train_dir / RECORDINGS_FILE).exists():
+        raise FileNotFoundError(
+            f"{train_dir} holds no ingested recordings ({RECORDINGS_FILE}); the training "
+            f"source had nothing readable: see {train_dir / 'quarantine.parquet'}"
+        )
+    train = RecordingSet.load(train_dir)
+
+    def load_or_none(name: str) -> RecordingSet | None:
+        path = dataset_dir / name
+        found = name in names and (path / RECORDINGS_FILE).exists()
+        return RecordingSet.load(path) if found else None
+
+    val, test = load_or_none("val"), load_or_none("test")
+    if val is None:
+        carve = config.split.model_copy(update={"method": "recording", "test_fraction": 0.0})
+        carved = split_recordings(train, carve)
+        train, val = carved.train, carved.val
+    if test is None:
+        test = train.subset([])
+    return Splits(train=train, val=val, test=test)

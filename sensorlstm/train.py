@@ -10,7 +10,9 @@ One optimizer step of :func:`fine_tune`:
 4. drop the gradients of frozen pre-trained parameters, clip, step, advance the schedule.
 
 The loss of the step is therefore the exact mean over every real timestep it saw, whatever the
-split into micro-batches, windows and ranks (see :mod:`sensorlstm.losses`).
+split into micro-batches, windows and ranks (see :mod:`sensorlstm.losses`). The counts are
+summed over ranks by :func:`all_reduce_sum`, on the CPU where the process group has a CPU
+backend (gloo, also beside NCCL) and on the GPU for a plain NCCL group.
 
 The schedule: pre-trained parameters (those :func:`sensorlstm.checkpoint.load_pretrained` loaded)
 are frozen for ``freeze_epochs`` and then train at ``lr * pretrained_lr_scale``; new ones (input
@@ -23,10 +25,13 @@ Every epoch a checkpoint (model, optimizer, schedule, sampler position, RNG stat
 best weights) is written to ``checkpoint_dir``; a call that finds one there resumes after its
 epoch, which is how a retried Prefect task continues a killed run.
 
-Known shortcomings: a run resumes at an epoch boundary, so a kill mid-epoch repeats that epoch's
-steps; under DDP the checkpoint holds rank 0's RNG states only, so after a resume the other
-ranks' dropout streams differ from an uninterrupted run; and every rank evaluates the whole
-validation set (identical results, duplicated work) instead of a shard.
+A run resumes at an epoch boundary: a kill mid-epoch repeats that epoch's steps, from the
+checkpointed RNG, sampler and optimizer state, so the result is the uninterrupted run's, bit for
+bit on the CPU (``tests/test_resume.py``); only the repeated steps' time is lost.
+
+Known shortcomings: under DDP the checkpoint holds rank 0's RNG states only, so after a resume
+the other ranks' dropout streams differ from an uninterrupted run; and every rank evaluates the
+whole validation set (identical results, duplicated work) instead of a shard.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import random
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -81,7 +86,8 @@ class TrainResult:
 
     Attributes:
         history: one dict per epoch: ``epoch``, ``train/loss``, ``val/loss``, ``lr``,
-            ``padding_efficiency``, ``epoch_seconds``, ``real_timesteps_per_s``, ``batches``.
+            ``padding_efficiency``, ``epoch_seconds``, ``real_timesteps_per_s``, ``batches``,
+            ``grad_norm`` (mean global gradient norm of the epoch's steps, before clipping).
         best_epoch: epoch whose weights the model holds now.
         best_val_loss: its validation loss.
         stopped_early: early stopping ended the run before ``train.epochs``.
@@ -223,6 +229,30 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+def collective_device(backend: str, device: torch.device) -> torch.device:
+    """Where a tensor must be for an all-reduce on a process group with ``backend``.
+
+    A group with a CPU backend (``gloo``, ``mpi``, or ``cpu:gloo,cuda:nccl``) reduces CPU
+    tensors; a GPU-only one (plain ``nccl``) rejects them, so they go to the training device.
+    """
+    cpu_capable = any(name in backend for name in ("gloo", "mpi", "cpu:"))
+    return torch.device("cpu") if cpu_capable else device
+
+
+def all_reduce_sum(values: Tensor, device: torch.device) -> Tensor:
+    """``values`` (a CPU tensor) summed over all ranks, returned on the CPU.
+
+    The bookkeeping counts (real timesteps, loss sums) live on the CPU; this moves them to
+    where the process group can reduce them. A no-op outside DDP.
+    """
+    _, world = _world()
+    if world == 1:
+        return values
+    moved = values.to(collective_device(str(dist.get_backend()), device))
+    dist.all_reduce(moved)
+    return moved.cpu()
+
+
 def sequence_labels(batch: Batch) -> Tensor:
     """One class per recording: 1 when any target step of it is labelled anomalous, else 0.
 
@@ -297,9 +327,9 @@ def accumulate_gradients(
     _, world = _world()
     stats = StepStats()
     stats.denominator = sum(_micro_denominator(core, b) for b in batches)
-    denominator = torch.tensor(float(stats.denominator), dtype=torch.float64)
-    if world > 1:
-        dist.all_reduce(denominator)
+    denominator = all_reduce_sum(
+        torch.tensor(float(stats.denominator), dtype=torch.float64), device
+    )
     # DDP averages gradients over ranks; scaling by world makes the result the global mean.
     scale = world / max(float(denominator), 1.0)
 
@@ -517,6 +547,7 @@ def fine_tune(
         started = time.perf_counter()
         totals = StepStats()
         batches = 0
+        grad_norms: list[Tensor] = []
         progress = _progress(len(sampler), f"epoch {epoch}", enabled=rank == 0)
         for group in _groups(loader, train_cfg.accumulation_steps):
             group = [b.to(device, non_blocking=True) for b in group]
@@ -531,10 +562,7 @@ def fine_tune(
             if frozen_now:
                 for parameter in frozen:
                     parameter.grad = None
-            if train_cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(
-                    [p for p in model.parameters() if p.grad is not None], train_cfg.grad_clip
-                )
+            grad_norms.append(_clip_gradients(model, train_cfg.grad_clip))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             schedule.step()
@@ -550,12 +578,8 @@ def fine_tune(
         progress.close()
 
         # Epoch metrics, summed over ranks; validation on the full set on every rank.
-        sums = torch.tensor(
-            [totals.loss_sum, totals.denominator, totals.real_timesteps, totals.padded_timesteps],
-            dtype=torch.float64,
-        )
-        if world > 1:
-            dist.all_reduce(sums)
+        # (loss_sum, denominator, real_timesteps, padded_timesteps), the StepStats fields.
+        sums = all_reduce_sum(torch.tensor(astuple(totals), dtype=torch.float64), device)
         train_loss = float(sums[0] / sums[1].clamp(min=1))
         val_loss = evaluate_loss(
             model,
@@ -578,6 +602,7 @@ def fine_tune(
             "epoch_seconds": seconds,
             "real_timesteps_per_s": float(sums[2]) / seconds if seconds > 0 else math.nan,
             "batches": float(batches),
+            "grad_norm": float(torch.stack(grad_norms).mean()) if grad_norms else math.nan,
         }
         result.history.append(row)
         schedule.epoch_end(val_loss)
@@ -635,6 +660,20 @@ def fine_tune(
     if best_state is not None:
         model.load_state_dict(best_state)
     return result
+
+
+def _clip_gradients(model: nn.Module, max_norm: float | None) -> Tensor:
+    """Clip the global gradient norm to ``max_norm`` (when set); return the norm before.
+
+    The norm is returned as a tensor (no device sync per step) for the epoch's ``grad_norm``,
+    which shows a wrongly scaled gradient even where AdamW would hide it in the weights.
+    """
+    trainable = [p for p in model.parameters() if p.grad is not None]
+    if not trainable:
+        return torch.zeros((), device=next(model.parameters()).device)
+    if max_norm is None:
+        return nn.utils.get_total_norm([p.grad for p in trainable]).detach()
+    return nn.utils.clip_grad_norm_(trainable, max_norm).detach()
 
 
 def _groups(loader: Iterable[Batch], size: int) -> Iterator[list[Batch]]:

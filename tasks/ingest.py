@@ -12,12 +12,13 @@ import logging
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from sensorlstm.config import DataConfig
+from sensorlstm.config import DataConfig, TrackingConfig
 from sensorlstm.ingest import IngestResult, combine_dataset, list_sources, read_source
 from sensorlstm.quarantine import QUARANTINE_FILE
 from sensorlstm.report import REPORT_FILE, plot_length_histogram, report_table
@@ -61,7 +62,7 @@ def combine_task(
 
 @task(name="ingest-report-artifact", cache_policy=NO_CACHE, persist_result=False)
 def report_artifact_task(results: dict[str, IngestResult]) -> None:
-    """A Prefect table artifact per split: totals, counts by reason, warnings, channel stats."""
+    """A Prefect table artifact per split: totals, reasons, warnings, channels, length bins."""
     for name, result in results.items():
         key = f"ingest-report-{name}" if name else "ingest-report"
         report = result.report
@@ -121,3 +122,34 @@ def log_ingest_to_mlflow(dataset_dir: str | Path) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             png = plot_length_histogram(report, Path(tmp) / "length_histogram.png")
             mlflow.log_artifact(str(png), artifact_path)
+
+
+def track_ingest(summary: dict[str, Any], tracking: TrackingConfig) -> str:
+    """Log an ingest to MLflow: into the active run, else into a new run named ``ingest``.
+
+    ``sensorlstm ingest`` calls this (through ``ingest_flow(track=True)``) so a stand-alone
+    ingest is on record too; the retrain flow logs the report into its own run instead. A
+    cache hit is logged as well (tag ``sensorlstm.cached``), since it says which data set the
+    command left in place.
+
+    Args:
+        summary: what ``ingest_flow`` returned (``dataset_dir`` and ``cached`` are read).
+        tracking: where MLflow tracks (used only when no run is active).
+
+    Returns:
+        The id of the run the report went to.
+    """
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None:
+        log_ingest_to_mlflow(summary["dataset_dir"])
+        return active.info.run_id
+    from tasks.tracking import configure
+
+    configure(tracking)
+    tags = {"sensorlstm.flow": "ingest", "sensorlstm.cached": str(bool(summary["cached"]))}
+    with mlflow.start_run(run_name="ingest", tags=tags) as run:
+        log_ingest_to_mlflow(summary["dataset_dir"])
+    logger.info("logged the ingest report to MLflow run %s", run.info.run_id)
+    return run.info.run_id

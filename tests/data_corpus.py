@@ -151,6 +151,24 @@ def _unexpected_channel(folder: Path) -> None:
     frame.to_csv(folder / "extra.csv", index=False)
 
 
+def _text_metadata(folder: Path) -> None:
+    frame = recording_frame("at-site")
+    frame["site"] = "plant X"
+    frame.to_csv(folder / "site.csv", index=False)
+
+
+def _ragged_csv(folder: Path) -> None:
+    recording_frame("ragged").to_csv(folder / "ragged.csv", index=False)
+    with (folder / "ragged.csv").open("a") as handle:
+        handle.write("ragged,2024-01-02 00:00:00,1,2,3,0,one too many\n")
+
+
+def _split_with_a_bad_part(folder: Path) -> None:
+    frame = recording_frame("half", 60)
+    write_parquet(frame.iloc[:30], folder / "half-1.parquet")
+    write_parquet(frame.iloc[30:].drop(columns=["c1"]), folder / "half-2.parquet")
+
+
 def _missing_ids(folder: Path) -> None:
     frame = recording_frame("holes").astype({"recording_id": object})
     frame.loc[[3, 4, 5], "recording_id"] = None
@@ -225,6 +243,11 @@ def _extra_dropped(result: Any) -> None:
     assert result.recordings.channels == CHANNELS
 
 
+def _ragged_rows_counted(result: Any) -> None:
+    unreadable = result.quarantine[result.quarantine["reason"] == "unreadable_file"]
+    assert list(unreadable["rows"]) == [LENGTH + 1]
+
+
 def _semicolon_read(result: Any) -> None:
     assert "semi" in result.recordings.ids
 
@@ -289,6 +312,18 @@ CASES = [
         _unexpected_channel,
         warn={"unexpected_channel": None},
         check=_extra_dropped,
+    ),
+    Case(
+        "text_metadata_column",
+        _text_metadata,
+        warn={"unexpected_channel": None},
+        check=_extra_dropped,
+    ),
+    Case("ragged_csv", _ragged_csv, expect={"unreadable_file": None}, check=_ragged_rows_counted),
+    Case(
+        "split_with_a_bad_part",
+        _split_with_a_bad_part,
+        expect={"missing_channel": None, "partial_recording": "half"},
     ),
     Case("missing_recording_ids", _missing_ids, expect={"missing_recording_id": None}),
     Case("bad_label", _bad_label, expect={"bad_label": "label3"}),

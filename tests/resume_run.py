@@ -2,8 +2,9 @@
 
 It trains a tiny forecaster on a fixed synthetic fleet with a fixed seed, checkpointing into
 ``CKPT`` every epoch, and writes the history and a digest of the final weights to ``OUT``. With
-``--pause S`` it sleeps ``S`` seconds after the first epoch's checkpoint, so the test can kill it
-there (the sleep happens after the checkpoint is written, so it changes no result).
+``--stall-epoch E --ready FILE`` it writes ``FILE`` after the second optimizer step of epoch ``E``
+(of three steps) and then sleeps, so the test can kill it there: mid-epoch, with that epoch's
+first steps already applied to the weights but not checkpointed. The callback changes no result.
 """
 
 from __future__ import annotations
@@ -35,24 +36,34 @@ def _fleet(n: int, seed: int) -> RecordingSet:
     return RecordingSet.from_arrays(recordings)
 
 
-class _PauseAfterFirstEpoch:
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+STALL_AFTER_STEP = 2  # of 3 per epoch: 20 recordings, batches of 4, 2 batches per step
+
+
+class _StallMidEpoch:
+    """Writes ``ready`` after step ``STALL_AFTER_STEP`` of epoch ``epoch``, then sleeps."""
+
+    def __init__(self, epoch: int | None, ready: Path | None) -> None:
+        self.epoch, self.ready = epoch, ready
+        self.current_epoch, self.steps_in_epoch = 0, 0
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
-        pass
+        self.steps_in_epoch += 1
+        stall = self.current_epoch == self.epoch and self.steps_in_epoch == STALL_AFTER_STEP
+        if stall and self.ready is not None:
+            self.ready.write_text(json.dumps({"epoch": self.current_epoch, "step": step}))
+            print(f"stalling in epoch {self.current_epoch} after step {step}", flush=True)
+            time.sleep(300)
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        if epoch == 0 and self.seconds:
-            print("checkpointed epoch 0, pausing", flush=True)
-            time.sleep(self.seconds)
+        self.current_epoch, self.steps_in_epoch = epoch + 1, 0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("checkpoint_dir", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--pause", type=float, default=0.0)
+    parser.add_argument("--stall-epoch", type=int, default=None)
+    parser.add_argument("--ready", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(1)
@@ -69,6 +80,7 @@ def main() -> None:
         early_stopping_patience=None,
         freeze_epochs=1,
         accumulation_steps=2,
+        log_every_steps=1,
     )
     result = fine_tune(
         model,
@@ -79,7 +91,7 @@ def main() -> None:
         train_cfg=cfg,
         bucket_cfg=BucketConfig(batch_size=4, num_buckets=2),
         checkpoint_dir=args.checkpoint_dir,
-        callback=_PauseAfterFirstEpoch(args.pause),
+        callback=_StallMidEpoch(args.stall_epoch, args.ready),
         pretrained_names={n for n, _ in model.named_parameters() if n.startswith("lstm.")},
     )
     digest = hashlib.sha256()
@@ -92,6 +104,7 @@ def main() -> None:
                 "history": result.history,
                 "resumed_from_epoch": result.resumed_from_epoch,
                 "best_epoch": result.best_epoch,
+                "steps": result.steps,
                 "weights_sha256": digest.hexdigest(),
             }
         )

@@ -7,11 +7,13 @@ import torch
 from safetensors.torch import save_file
 
 from sensorlstm.checkpoint import (
+    build_fleet_model,
     load_pretrained,
     load_training_checkpoint,
     read_state_dict,
     save_training_checkpoint,
 )
+from sensorlstm.config import ModelConfig
 from sensorlstm.model import LSTMForecaster
 
 
@@ -120,6 +122,58 @@ def test_pooling_head_reuses_lstm_only():
         "pool.score.bias",
     }
     assert report.pretrained_names == {n for n in model.state_dict() if n.startswith("lstm.")}
+
+
+def test_fleet_with_fewer_channels_than_a_pt_base_gets_an_input_adapter(tmp_path):
+    torch.manual_seed(0)
+    base = LSTMForecaster(6, 6, hidden_size=12, num_layers=3)  # not the config's 64 x 2
+    torch.save(base.state_dict(), tmp_path / "base.pt")
+    model, report = build_fleet_model(ModelConfig(), 4, 2, tmp_path / "base.pt", seed=0)
+    assert model.adapter is not None and tuple(model.adapter.weight.shape) == (6, 4)
+    assert (model.lstm.input_size, model.lstm.hidden_size, model.lstm.num_layers) == (6, 12, 3)
+    assert _lstm_equal(model, base)
+    assert {"adapter.weight", "adapter.bias", "head.weight", "head.bias"} <= set(report.new)
+    assert report.pretrained_names == {n for n in base.state_dict() if n.startswith("lstm.")}
+    prediction, _ = model(torch.randn(2, 5, 4))
+    assert prediction.shape == (2, 5, 2)
+
+
+def test_renamed_keys_count_as_pretrained(tmp_path):
+    base = _base()
+    foreign = {
+        k.replace("lstm.", "rnn.").replace("head.", "fc.", 1): v.contiguous()
+        for k, v in base.state_dict().items()
+    }
+    save_file(foreign, tmp_path / "foreign.safetensors")
+    model, report = build_fleet_model(ModelConfig(), 8, 8, tmp_path / "foreign.safetensors")
+    assert not report.reused and sorted(report.adapted) == sorted(base.state_dict())
+    assert report.pretrained_names == set(base.state_dict())
+    assert model.pretrained_names == report.pretrained_names
+    assert _lstm_equal(model, base) and torch.equal(model.head.weight, base.head.weight)
+
+
+@pytest.mark.parametrize("head", ["mean", "max", "last", "attention"])
+def test_configured_pooling_head_is_built_on_the_pretrained_lstm(head):
+    config = ModelConfig(head=head, num_classes=3, dropout=0.1)
+    model, report = build_fleet_model(config, 8, 8, _base().state_dict())
+    assert model.is_sequence_head and model.hparams["head"] == head
+    assert model.head.out_features == 3 and model.lstm.dropout == pytest.approx(0.1)
+    assert report.pretrained_names == {n for n in model.state_dict() if n.startswith("lstm.")}
+    logits, _ = model(torch.randn(2, 5, 8), torch.tensor([5, 2]))
+    assert logits.shape == (2, 3)
+
+
+def test_without_a_base_the_config_shapes_the_model_and_the_seed_fixes_it():
+    config = ModelConfig(hidden_size=10, num_layers=1)
+    rng_before = torch.get_rng_state()
+    model, report = build_fleet_model(config, 3, 2, seed=5)
+    again, _ = build_fleet_model(config, 3, 2, seed=5)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the global RNG is left alone
+    assert model.lstm.hidden_size == 10 and model.lstm.num_layers == 1 and model.adapter is None
+    assert not report.pretrained_names
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters(), strict=True)
+    )
 
 
 def test_training_checkpoint_round_trips_weights_only(tmp_path):

@@ -110,3 +110,44 @@ def test_report_is_logged_to_the_active_mlflow_run(mlflow_store, tmp_path: Path)
     }
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="ingest")
     assert json.loads((Path(local) / "report.json").read_text())["rows_in"] == summary["rows_in"]
+
+
+def test_flow_logs_to_mlflow_only_when_tracking_is_asked_for(
+    prefect_server, mlflow_store, tmp_path: Path
+) -> None:
+    source = _fleet(tmp_path / "fleet")
+    config = _config(source)
+
+    untracked = ingest_flow(config, out_dir=str(tmp_path / "out"))
+    runs_after_untracked = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    tracked = ingest_flow(config, out_dir=str(tmp_path / "out"), track=True)
+    with mlflow.start_run() as outer:
+        inside = ingest_flow(config, out_dir=str(tmp_path / "out"), track=True)
+
+    assert runs_after_untracked == [] and "mlflow_run_id" not in untracked
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    own = [run for run in runs if run.info.run_id != outer.info.run_id]
+    assert [run.info.run_name for run in own] == ["ingest"], "one run of its own"
+    assert own[0].info.run_id == tracked["mlflow_run_id"]
+    assert own[0].data.tags["sensorlstm.cached"] == "True"
+    assert inside["mlflow_run_id"] == outer.info.run_id, "an active run gets the report"
+    outer_data = mlflow.get_run(outer.info.run_id).data
+    assert outer_data.metrics["data/rows_in"] == tracked["rows_in"]
+
+
+def test_report_artifact_holds_the_length_histogram(prefect_server, tmp_path: Path) -> None:
+    import asyncio
+
+    source = _fleet(tmp_path / "fleet")
+    ingest_flow(_config(source, cache=False), out_dir=str(tmp_path / "out"))
+
+    async def latest() -> list[dict]:
+        async with get_client() as client:
+            flt = ArtifactFilter(key=ArtifactFilterKey(any_=["ingest-report"]))
+            found = await client.read_latest_artifacts(artifact_filter=flt)
+        data = found[0].data
+        return json.loads(data) if isinstance(data, str) else data
+
+    rows = asyncio.run(latest())
+    bins = [row for row in rows if row["kind"] == "length"]
+    assert bins and sum(row["count"] for row in bins) == 3

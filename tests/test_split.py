@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_corpus import clean_files, recording_frame, write_parquet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensorlstm.config import Config, SplitConfig
+from sensorlstm.config import Config, DataConfig, SplitConfig
+from sensorlstm.ingest import ingest_dataset
 from sensorlstm.recording import RecordingSet
 from sensorlstm.split import load_splits, split_recordings
 
@@ -96,3 +98,40 @@ def test_load_splits_splits_a_single_set(tmp_path: Path) -> None:
 def test_load_splits_names_the_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="sensorlstm ingest"):
         load_splits(tmp_path, Config())
+
+
+def test_load_splits_follows_the_latest_ingest_not_leftover_folders(tmp_path: Path) -> None:
+    for name in ("all", "train", "test"):
+        (tmp_path / name).mkdir()
+    clean_files(tmp_path / "train", 3)
+    clean_files(tmp_path / "test", 2)
+    for i in range(10):
+        write_parquet(recording_frame(f"auto-{i}", seed=i), tmp_path / "all" / f"{i}.parquet")
+    explicit = DataConfig(
+        train_path=str(tmp_path / "train"), test_path=str(tmp_path / "test"), min_length=5
+    )
+    automatic = DataConfig(path=str(tmp_path / "all"), min_length=5)
+    out = tmp_path / "out"
+
+    ingest_dataset(explicit, out)
+    ingest_dataset(automatic, out)
+    after_auto = load_splits(out, Config())
+    ingest_dataset(explicit, out)
+    after_explicit = load_splits(out, Config())
+
+    auto_ids = after_auto.train.ids + after_auto.val.ids + after_auto.test.ids
+    assert sorted(auto_ids) == sorted(f"auto-{i}" for i in range(10))
+    assert len(after_explicit.test) == 2
+    assert len(after_explicit.train) + len(after_explicit.val) == 3
+    assert not (out / "recordings.parquet").exists(), "the automatic set was removed"
+
+
+def test_load_splits_trusts_the_summary_over_a_stray_train_folder(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    clean_files(tmp_path / "in", 4)
+    ingest_dataset(DataConfig(path=str(tmp_path / "in"), min_length=5), tmp_path / "out")
+    _fleet([30] * 7).save(tmp_path / "out" / "train")  # e.g. copied in by hand
+
+    splits = load_splits(tmp_path / "out", Config())
+
+    assert sum(splits.sizes().values()) == 4

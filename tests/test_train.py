@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sensorlstm.checkpoint import load_pretrained
+from sensorlstm.checkpoint import build_fleet_model, load_pretrained
 from sensorlstm.collate import ForecastCollator, RecordingItem
 from sensorlstm.config import BucketConfig, ModelConfig, PretrainConfig, TrainConfig
 from sensorlstm.model import LSTMForecaster
@@ -170,6 +170,46 @@ def test_frozen_epochs_leave_pretrained_weights_untouched_and_scale_their_lr():
     assert not torch.equal(head_before, model.head.weight)
 
 
+class _Snapshots:
+    """Copies the LSTM's (pre-trained) weights at the end of every epoch."""
+
+    def __init__(self, model: LSTMForecaster) -> None:
+        self.model = model
+        self.epochs: list[list[torch.Tensor]] = []
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.epochs.append([p.detach().clone() for p in self.model.lstm.parameters()])
+
+
+def test_pretrained_weights_stay_fixed_while_frozen_and_train_after_freeze_epochs():
+    model = LSTMForecaster(CHANNELS, 2, hidden_size=8)
+    report = load_pretrained(model, _model(6).state_dict())
+    initial = [p.detach().clone() for p in model.lstm.parameters()]
+    snapshots = _Snapshots(model)
+    fine_tune(
+        model,
+        fleet(8, 8),
+        fleet(4, 9),
+        input_channels=ALL,
+        target_channels=[0, 1],
+        train_cfg=_train_cfg(epochs=4, freeze_epochs=2),
+        bucket_cfg=BUCKETS,
+        callback=snapshots,
+        pretrained_names=report.pretrained_names,
+    )
+
+    def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+    frozen_0, frozen_1, unfrozen_2, unfrozen_3 = snapshots.epochs
+    assert same(frozen_0, initial) and same(frozen_1, initial)
+    assert all(not torch.equal(x, y) for x, y in zip(unfrozen_2, initial, strict=True))
+    assert not same(unfrozen_3, unfrozen_2)
+
+
 def test_early_stopping_restores_the_best_epoch():
     train, val = fleet(12, 10), fleet(4, 11)
     model = _model(12)
@@ -194,20 +234,45 @@ def test_early_stopping_restores_the_best_epoch():
     assert restored == pytest.approx(result.best_val_loss, rel=1e-5)
 
 
-@pytest.mark.parametrize("head", ["mean", "attention"])
-def test_sequence_head_trains_on_recording_labels(head):
-    train, val = fleet(16, 13, labels=True), fleet(6, 14, labels=True)
-    model = _model(15, head=head, num_classes=2)
+def _sequence_accuracy(model: LSTMForecaster, recordings: RecordingSet) -> tuple[float, float]:
+    """(accuracy, majority-class rate) of one prediction per recording against its label."""
+    model.eval()
+    correct = positives = 0
+    with torch.no_grad():
+        for i in range(len(recordings)):
+            values = torch.from_numpy(recordings.recording(i))
+            label = int(recordings.recording_labels(i)[1:].max())  # labels of target steps
+            logits, _ = model(values[None, :-1])
+            correct += int(int(logits.argmax(dim=-1)) == label)
+            positives += label
+    n = len(recordings)
+    return correct / n, max(positives, n - positives) / n
+
+
+@pytest.mark.parametrize("head", ["mean", "max", "last", "attention"])
+def test_configured_sequence_head_learns_which_recordings_have_a_level_shift(head):
+    # Half the recordings shift by +3 halfway through; the label says which. Chance is ~50%.
+    train, val = fleet(32, 13, labels=True), fleet(40, 14, labels=True)
+    model, report = build_fleet_model(
+        ModelConfig(head=head, num_classes=2), CHANNELS, CHANNELS, _model(15).state_dict(), seed=0
+    )
+    assert model.hparams["head"] == head and model.lstm.hidden_size == 8  # shape of the base
+    untrained = evaluate_loss(model, val, input_channels=ALL, target_channels=ALL)
     result = fine_tune(
         model,
         train,
         val,
         input_channels=ALL,
         target_channels=ALL,
-        train_cfg=_train_cfg(epochs=2),
+        train_cfg=_train_cfg(epochs=6, lr=2e-2, scheduler="constant"),
         bucket_cfg=BUCKETS,
+        pretrained_names=report.pretrained_names,
     )
-    assert all(math.isfinite(row["val/loss"]) for row in result.history)
+    # Cross entropy from chance level (ln 2 = 0.69) to well below it, and the accuracy to match.
+    assert untrained > 0.6 and result.best_val_loss < 0.3
+    accuracy, majority = _sequence_accuracy(model, val)
+    assert majority < 0.7
+    assert accuracy >= 0.85, f"{head}: accuracy {accuracy:.2f}, majority class {majority:.2f}"
 
 
 def test_schedule_warms_up_then_decays_by_cosine_and_plateau():
