@@ -53,7 +53,12 @@ lint: $(VENV)/.installed-dev
 test: lint
 	$(VENV)/bin/pytest -q
 
-bench: $(VENV)/.installed-dev
+$(VENV)/.installed-bench: $(VENV)/.installed-dev
+	$(PIP) install -e ".[dev,bench]"
+	@touch $@
+
+# Quick versions; drop --quick for the full tables in the README.
+bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/ingest.py --quick
 	$(PY) benchmarks/bucketing.py --quick
 	$(PY) benchmarks/train.py --quick

@@ -194,7 +194,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="Small fleet, one repeat.")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1).")
-    parser.add_argument("--recordings", type=int, default=1024)
+    parser.add_argument("--recordings", type=int, default=4096)
     parser.add_argument("--channels", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)

@@ -21,6 +21,11 @@ recordings, so ``w_i`` is proportional to ``1 / sqrt(L_i * d_i)`` (the Lagrange 
 timestep-weighted padding loss for a recording-weighted overlap), scaled so that the predicted
 mean overlap equals ``target_overlap``. ``target_overlap=1`` is a global sort (ties shuffled),
 ``0`` plain shuffling within buckets. See ``benchmarks/bucketing.py`` for the measured curve.
+
+Known shortcoming: the overlap target is met by drawing batch-mates from a neighbourhood of about
+``(B - 1) / target_overlap`` recordings, so on a small fleet (a few hundred recordings) the
+neighbourhood spans much of the length range and padding efficiency drops towards that of random
+batches; raise ``target_overlap`` or batch by ``max_timesteps`` there.
 """
 
 from __future__ import annotations

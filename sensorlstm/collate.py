@@ -9,6 +9,10 @@ never see the padding after them, and a masked per-timestep loss ignores the pad
 a bidirectional layer (the backward pass starts in the padding) or a use of the final state
 (which would be the state after the padding) needs ``pack_padded_sequence``. Padded is also the
 fast path: see :func:`choose_packing` for the measurement.
+
+Known shortcoming: a recording longer than ``train.max_length`` is trained window by window with
+the LSTM state carried detached (truncated backpropagation through time), so its loss is exact
+but its gradients stop at window borders; raise ``train.max_length`` where memory allows.
 """
 
 from __future__ import annotations

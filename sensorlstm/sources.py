@@ -6,6 +6,9 @@ a dictionary so grouping works on integer codes) and returns a :class:`SourcePar
 recordings as one float32 block plus offsets, grouped by recording and sorted by time, together
 with every problem found. A file that cannot be read becomes a ``file`` issue, never an
 exception, so one corrupt file does not stop the others.
+
+Known shortcoming: the rows of a Parquet file whose footer is itself broken cannot be counted
+or attributed to recordings, so such a file is quarantined whole with 0 rows in the accounting.
 """
 
 from __future__ import annotations

@@ -67,6 +67,15 @@ class Case:
 # -- builders ----------------------------------------------------------------------------------
 
 
+def small_mixed_fleet(folder: Path) -> Path:
+    """Three clean recordings, one too short and one unreadable file: a bit of every outcome."""
+    folder.mkdir()
+    clean_files(folder, 3)
+    write_parquet(recording_frame("short", 2), folder / "short.parquet")
+    (folder / "broken.parquet").write_bytes(b"PAR1 not really")
+    return folder
+
+
 def _truncated(folder: Path) -> None:
     path = write_parquet(recording_frame("trunc", 500), folder / "trunc.parquet")
     data = path.read_bytes()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import mlflow
 import yaml
-from data_corpus import clean_files, recording_frame, write_parquet
+from data_corpus import clean_files, small_mixed_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_KEYS = {
@@ -46,18 +46,10 @@ def _api_url() -> str:
     return str(get_current_settings().api.url)
 
 
-def _fleet(folder: Path) -> Path:
-    folder.mkdir()
-    clean_files(folder, 3)
-    write_parquet(recording_frame("short", 2), folder / "short.parquet")
-    (folder / "broken.parquet").write_bytes(b"PAR1 not really")
-    return folder
-
-
 def test_ingest_json_prints_the_summary_and_logs_an_ingest_run(
     prefect_server, mlflow_store, tmp_path: Path
 ) -> None:
-    source = _fleet(tmp_path / "fleet")
+    source = small_mixed_fleet(tmp_path / "fleet")
 
     code, summary, stderr = _cli(
         "--data",

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import mlflow
-from data_corpus import clean_files, recording_frame, write_parquet
+from data_corpus import recording_frame, small_mixed_fleet, write_parquet
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
@@ -22,14 +22,6 @@ def _config(source: Path, **data) -> Config:
     )
 
 
-def _fleet(folder: Path) -> Path:
-    folder.mkdir()
-    clean_files(folder, 3)
-    write_parquet(recording_frame("short", 2), folder / "short.parquet")
-    (folder / "broken.parquet").write_bytes(b"PAR1 not really")
-    return folder
-
-
 async def _read_task_names(marker: str) -> list[str]:
     async with get_client() as client:
         runs = await client.read_task_runs(limit=200)
@@ -39,7 +31,7 @@ async def _read_task_names(marker: str) -> list[str]:
 def test_flow_maps_reads_and_skips_unchanged_data(prefect_server, tmp_path: Path) -> None:
     import asyncio
 
-    source = _fleet(tmp_path / "fleet")
+    source = small_mixed_fleet(tmp_path / "fleet")
     config = _config(source)
 
     first = ingest_flow(config)
@@ -67,7 +59,7 @@ def test_flow_maps_reads_and_skips_unchanged_data(prefect_server, tmp_path: Path
 
 
 def test_flow_reingests_when_a_file_changes(prefect_server, tmp_path: Path) -> None:
-    source = _fleet(tmp_path / "fleet")
+    source = small_mixed_fleet(tmp_path / "fleet")
     config = _config(source)
     ingest_flow(config, out_dir=str(tmp_path / "out"))
 
@@ -78,7 +70,7 @@ def test_flow_reingests_when_a_file_changes(prefect_server, tmp_path: Path) -> N
 
 
 def test_flow_reads_on_a_local_dask_cluster(prefect_server, tmp_path: Path) -> None:
-    source = _fleet(tmp_path / "fleet")
+    source = small_mixed_fleet(tmp_path / "fleet")
     threads = ingest_flow(_config(source, cache=False), out_dir=str(tmp_path / "threads"))
     dask = ingest_flow(
         _config(source, task_runner="dask", cache=False), out_dir=str(tmp_path / "dask")
@@ -92,7 +84,7 @@ def test_flow_reads_on_a_local_dask_cluster(prefect_server, tmp_path: Path) -> N
 def test_report_is_logged_to_the_active_mlflow_run(mlflow_store, tmp_path: Path) -> None:
     from sensorlstm.ingest import ingest_dataset
 
-    source = _fleet(tmp_path / "fleet")
+    source = small_mixed_fleet(tmp_path / "fleet")
     summary = ingest_dataset(_config(source).data, tmp_path / "out")
 
     with mlflow.start_run() as run:
@@ -115,7 +107,7 @@ def test_report_is_logged_to_the_active_mlflow_run(mlflow_store, tmp_path: Path)
 def test_flow_logs_to_mlflow_only_when_tracking_is_asked_for(
     prefect_server, mlflow_store, tmp_path: Path
 ) -> None:
-    source = _fleet(tmp_path / "fleet")
+    source = small_mixed_fleet(tmp_path / "fleet")
     config = _config(source)
 
     untracked = ingest_flow(config, out_dir=str(tmp_path / "out"))
@@ -138,7 +130,7 @@ def test_flow_logs_to_mlflow_only_when_tracking_is_asked_for(
 def test_report_artifact_holds_the_length_histogram(prefect_server, tmp_path: Path) -> None:
     import asyncio
 
-    source = _fleet(tmp_path / "fleet")
+    source = small_mixed_fleet(tmp_path / "fleet")
     ingest_flow(_config(source, cache=False), out_dir=str(tmp_path / "out"))
 
     async def latest() -> list[dict]:
