@@ -8,8 +8,9 @@ batches every epoch (batch-mate overlap 1.0). This sampler sorts by a *jittered*
    never moves a recording out of its bucket;
 2. within a bucket, each recording's log-length gets uniform noise of width ``w_i`` drawn from
    ``seed + epoch``, and recordings are ordered by that noisy key (ties broken at random);
-3. the ordered recordings are cut into batches (``batch_size`` recordings, or as many as fit a
-   ``max_timesteps`` budget of padded timesteps), and the batch order is shuffled.
+3. each bucket's ordered recordings are cut into batches (``batch_size`` recordings, or as many
+   as fit a ``max_timesteps`` budget of padded timesteps), so no batch spans two buckets, and
+   the order of all batches is shuffled.
 
 The noise width is the efficiency/randomness knob, set through ``target_overlap``: the expected
 share of a recording's batch-mates in one epoch that are its batch-mates again in the next.
@@ -67,8 +68,9 @@ class LengthBucketSampler:
         shuffle: jitter the order and shuffle batches each epoch; False gives sorted batches in
             ascending length (evaluation).
         seed: base seed; epoch ``e`` uses ``(seed, e)``, identical on every rank and worker.
-        drop_last: drop the incomplete batch (count mode; it sits at a random place in the
-            length order, so no length range is always dropped) and, when distributed, the
+        drop_last: drop each bucket's incomplete batch (count mode; batches never span two
+            buckets, and the incomplete one sits at a random place in its bucket's length
+            order, so no length range is always dropped) and, when distributed, the
             batches left over after an equal split. False keeps every recording: the batch
             count is made divisible by ``num_replicas`` by splitting the largest batches in
             two, so indices stay disjoint across ranks; only when no batch has two recordings
@@ -309,10 +311,12 @@ class LengthBucketSampler:
     def _global_plan(self, epoch: int) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, epoch])
         order = self._length_order(rng)
-        if self.max_timesteps is None:
-            batches = self._cut_by_count(order, rng)
-        else:
-            batches = self._cut_by_budget(order)
+        batches: list[list[int]] = []
+        for segment in self._bucket_segments(order):  # a batch never spans two buckets
+            if self.max_timesteps is None:
+                batches += self._cut_by_count(segment, rng)
+            else:
+                batches += self._cut_by_budget(segment)
         batches = self._fit_replicas(batches)
         return self._shuffle_batches(batches, rng)
 
@@ -334,6 +338,12 @@ class LengthBucketSampler:
         if multiple:
             return -(-longest // multiple) * multiple
         return longest
+
+    def _bucket_segments(self, order: np.ndarray) -> list[np.ndarray]:
+        """``order`` (grouped by bucket) split where the bucket changes."""
+        buckets = self.bucket_of[order]
+        walls = np.flatnonzero(np.diff(buckets)) + 1
+        return [segment for segment in np.split(order, walls) if segment.size]
 
     def _cut_by_count(self, order: np.ndarray, rng: np.random.Generator) -> list[list[int]]:
         size = int(self.batch_size)  # count mode guarantees batch_size

@@ -46,7 +46,8 @@ def test_count_mode_yields_every_index_once(
     flat = [i for b in batches for i in b]
     assert sorted(flat) == list(range(len(lengths)))
     assert all(1 <= len(b) <= batch_size for b in batches)
-    assert sum(len(b) < batch_size for b in batches) <= 1
+    # Batches never span two buckets, so each bucket may end in one incomplete batch.
+    assert sum(len(b) < batch_size for b in batches) <= len(set(sampler.bucket_of.tolist()))
     assert len(batches) == len(sampler)
 
 
@@ -233,6 +234,26 @@ def test_explicit_boundaries_keep_buckets_apart() -> None:
     for epoch in range(5):
         for batch in _epoch(sampler, epoch):
             assert len({lengths[i] >= 20 for i in batch}) == 1
+
+
+@fast
+@given(
+    lengths=st.lists(st.integers(1, 500), min_size=8, max_size=120),
+    num_buckets=st.integers(2, 5),
+    batch_size=st.integers(1, 9),
+)
+def test_quantile_buckets_never_share_a_batch(
+    lengths: list[int], num_buckets: int, batch_size: int
+) -> None:
+    sampler = LengthBucketSampler(
+        lengths, batch_size=batch_size, num_buckets=num_buckets, target_overlap=0.0
+    )
+    assert len(set(sampler.bucket_of.tolist())) <= num_buckets
+    for epoch in range(2):
+        batches = _epoch(sampler, epoch)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        for batch in batches:
+            assert len({int(sampler.bucket_of[i]) for i in batch}) == 1
 
 
 def test_invalid_arguments_say_what_to_fix() -> None:
