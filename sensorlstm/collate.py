@@ -230,9 +230,9 @@ def choose_packing(
     ``"auto"`` packs only where padded + mask is not exact: bidirectional layers, or a use of
     the final state (sequence heads). Otherwise it keeps the padded path, measured faster: in
     ``benchmarks/bucketing.py`` an LSTM(8->64, 2 layers) forward+backward step on this 2-core CPU
-    ran 30x slower packed than padded on the same length-bucketed batches of log-normal
-    lengths, 126x on heavy-tailed ones (16000 recordings, 1 thread; the --quick run measured
-    4x); rerun the benchmark's packing table after a torch upgrade.
+    ran 27x slower packed than padded on the same length-bucketed batches of log-normal
+    lengths, 144x on heavy-tailed ones (16000 recordings, 1 thread; ``benchmarks/train.py``'s
+    full fine-tuning step: 7x); rerun the benchmark's packing table after a torch upgrade.
 
     Args:
         mode: ``"auto"``, ``"packed"`` or ``"padded"`` (``train.packing``).
