@@ -11,6 +11,7 @@ deployed; its parameter is the whole typed :class:`~sensorlstm.config.Config`.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,9 @@ def retrain_flow(config: Config | None = None) -> dict[str, Any]:
     decision = promote_if_better(
         config, version, candidate.metrics, champion.metrics, champion.version
     )
+
+    # -- the run is registered: its epoch checkpoints have nothing left to resume ---------------
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     summary = {
         "run_id": run_id,

@@ -207,7 +207,8 @@ class LengthBucketSampler:
         start, self._resume_at = self._resume_at, 0
         if start == 0:
             stats = self.epoch_stats()
-            logger.info(
+            # DEBUG: the training loop logs each epoch's padding efficiency in its own line.
+            logger.debug(
                 "epoch %d rank %d: %d batches, padding efficiency %.3f",
                 self.epoch,
                 self.rank,

@@ -167,7 +167,7 @@ def fit_error_scale(
     scale = np.median(stacked, axis=0) / _CHI2_1_MEDIAN
     logger.info(
         "error scale per target channel: %s",
-        dict(zip(target_channels, np.round(scale, 5).tolist(), strict=True)),
+        dict(zip(map(str, target_channels), np.round(scale, 5).tolist(), strict=True)),
     )
     return np.maximum(scale, floor)
 

@@ -65,6 +65,9 @@ def test_retrain_flow_registers_promotes_and_serves(
     champion = client.get_model_version_by_alias("sensor-lstm", "champion")
     assert str(champion.version) == "1"
 
+    # A finished run leaves no epoch checkpoints behind (nothing is left to resume).
+    assert not list((tmp_path / "work" / "checkpoints").glob("*"))
+
     # The run carries parameters, metrics, plots, the data report and the model.
     run = client.get_run(first["run_id"])
     assert run.data.params["train.epochs"] == "2"
