@@ -161,6 +161,11 @@ def fine_tune_with_torchrun(
         checkpoint_dir=inputs.checkpoint_dir,
     )
     state, _, summary = read_result(inputs.out_dir)
+    # Each rank's step counts and final-weights digest: the evidence that the ranks stayed in
+    # step, kept with the run (the checkpoint folder is removed once the run is registered).
+    if mlflow.active_run() is not None:
+        for rank_file in sorted(inputs.out_dir.glob("rank*.json")):
+            mlflow.log_artifact(str(rank_file), artifact_path="ddp")
     model, _ = build_model(str(inputs.base), prepared, config)
     model.load_state_dict(state)
     result = TrainResult(
