@@ -419,7 +419,11 @@ def evaluate_loss(
         return math.nan
     cfg = (bucket_cfg or BucketConfig()).model_copy(update={"shuffle": False, "drop_last": False})
     _, loader = _loader(recordings, input_channels, target_channels, cfg, seed=0)
-    packed = choose_packing(packing, bidirectional=False, needs_final_state=False)  # type: ignore[arg-type]
+    packed = choose_packing(
+        packing,  # type: ignore[arg-type]
+        bidirectional=False,
+        needs_final_state=False,
+    )
     core.eval()
     total, count = 0.0, 0
     for batch in loader:

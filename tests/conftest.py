@@ -42,6 +42,17 @@ def prefect_server() -> Iterator[None]:
         yield
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Two cores shared by several jobs: intra-op threads spin and run ~30x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def _mlflow_template() -> Path:
     """An MLflow SQLite store migrated once; each test gets a copy (migration takes seconds)."""

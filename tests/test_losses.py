@@ -19,13 +19,7 @@ N_IN, N_OUT = 3, 2
 lengths_strategy = st.lists(st.integers(1, 12), min_size=1, max_size=5)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two cores shared by several jobs: intra-op threads spin and run ~30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _recordings(lengths: list[int], seed: int) -> list[torch.Tensor]:

@@ -14,14 +14,7 @@ from torch.nn.utils.rnn import pad_sequence
 from sensorlstm.heads import make_pool
 from sensorlstm.model import LSTMForecaster, lengths_to_mask
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two cores shared by several jobs: intra-op threads spin and run ~30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(lengths: list[int], channels: int, pad_value: float = 0.0, seed: int = 0):

@@ -26,13 +26,7 @@ from sensorlstm.train import (
 CHANNELS = 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two cores shared by several jobs: intra-op threads spin and run ~30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fleet(n: int, seed: int, labels: bool = False) -> RecordingSet:
