@@ -29,15 +29,10 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from sensorlstm.heads import make_pool
+from sensorlstm.mask import lengths_to_mask
 
 HeadKind = Literal["forecast", "mean", "max", "last", "attention"]
 State = tuple[Tensor, Tensor]
-
-
-def lengths_to_mask(lengths: Tensor, max_length: int) -> Tensor:
-    """``(B,)`` lengths -> ``(B, max_length)`` bool mask, True on the first ``length`` steps."""
-    steps = torch.arange(max_length, device=lengths.device)
-    return steps.unsqueeze(0) < lengths.unsqueeze(1)
 
 
 class LSTMForecaster(nn.Module):

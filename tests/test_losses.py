@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from torch.nn.utils.rnn import pad_sequence
 
 from sensorlstm.losses import loss_denominator, masked_loss
-from sensorlstm.model import LSTMForecaster, lengths_to_mask
+from sensorlstm.mask import lengths_to_mask
+from sensorlstm.model import LSTMForecaster
 
 N_IN, N_OUT = 3, 2
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from torch.nn.utils.rnn import pad_sequence
 
 from sensorlstm.heads import make_pool
-from sensorlstm.model import LSTMForecaster, lengths_to_mask
+from sensorlstm.mask import lengths_to_mask
+from sensorlstm.model import LSTMForecaster
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
